@@ -1,0 +1,138 @@
+"""`sprout`: one command line for the whole job. Each subcommand fills its stage's config dataclass
+from `--config FILE.yaml` and then the flags given (flags win), and imports its stage lazily so
+`sprout --help` stays fast."""
+
+from __future__ import annotations
+
+import argparse
+import signal
+import sys
+import textwrap
+
+from generator.errors import UserError
+
+EXAMPLES = {
+    "serve": "sprout serve --port 8000 --lora student=runs/train/adapter -- --tensor-parallel-size 2",
+    "generate": "sprout generate --seeds seeds/seed_tasks.jsonl --out runs/gen1 --num-instructions 200",
+    "train": "sprout train --data runs/gen1 --out runs/train1 --max-steps 100",
+    "eval": "sprout eval --adapter runs/train1/adapter --eval-set seeds/eval_set.jsonl --out runs/eval1",
+    "demo": "sprout demo --quick",
+    "report": "sprout report runs/gen1 --train runs/train1 --eval runs/eval1 --out report.html",
+    "export": "sprout export runs/gen1 --format messages --out data.jsonl",
+    "compare": "sprout compare runs/gen1 runs/gen2",
+    "dedup": "sprout dedup in.jsonl out.jsonl --threshold 0.7",
+}
+
+HELP = {
+    "serve": "start a vLLM OpenAI-compatible teacher server and keep it up until Ctrl-C",
+    "generate": "expand seed tasks into an instruction dataset through a teacher model",
+    "train": "LoRA-tune a student model on an instruction dataset",
+    "eval": "compare base and tuned student: reference loss, ROUGE-L, judge win rate",
+    "demo": "the whole job on the embedded model: seeds -> dataset -> tuned student -> report",
+    "report": "one static HTML report of a generation run (and training / eval)",
+    "export": "export a run's dataset as Alpaca JSONL, chat messages, HF datasets or parquet",
+    "compare": "compare two generation runs: counts, lengths, diversity, overlap",
+    "dedup": "drop near-duplicate instructions (ROUGE-L) from an existing dataset",
+}
+
+
+def _sub(subs, name: str) -> argparse.ArgumentParser:
+    p = subs.add_parser(name, help=HELP[name], description=HELP[name] + ".",
+                        epilog="example:\n  " + EXAMPLES[name], formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--config", metavar="FILE.yaml", help="YAML file with the same settings as the flags (flags win)")
+    return p
+
+
+def _add_serve(subs) -> None:
+    p = _sub(subs, "serve")
+    p.add_argument("--model", help="HF model folder or hub id (default: the embedded SmolLM2-135M-Instruct)")
+    p.add_argument("--host", help="address to bind (default 127.0.0.1)")
+    p.add_argument("--port", type=int, help="port (default 8000)")
+    p.add_argument("--lora", action="append", metavar="NAME=DIR", help="serve a PEFT adapter as model NAME (repeatable)")
+    p.add_argument("--max-model-len", type=int, help="context length (default 2048)")
+    p.add_argument("--startup-timeout", type=float, help="seconds to wait for the server (default 900)")
+    p.add_argument("extra_args", nargs=argparse.REMAINDER, help="after --: arguments passed to vLLM unchanged")
+    p.set_defaults(func=cmd_serve)
+
+
+def cmd_serve(args) -> int:
+    from generator.config import load_config
+    from generator.server import ServeConfig, VLLMServer
+
+    extra = [a for a in (args.extra_args or []) if a != "--"] or None
+    cfg = load_config(ServeConfig, args.config, {**vars(args), "extra_args": extra})
+    srv = VLLMServer(cfg)
+
+    def _term(signum, frame):  # SIGTERM behaves like Ctrl-C: unwind and stop the process group
+        raise KeyboardInterrupt
+
+    signal.signal(signal.SIGTERM, _term)
+    print(f"starting vLLM on {cfg.host}:{cfg.port} (log: {srv.log_path})", file=sys.stderr, flush=True)
+    try:
+        srv.start()
+        print(f"teacher ready: {srv.base_url}  model: {srv.model_name}", flush=True)
+        srv.proc.wait()
+        raise UserError(f"vLLM exited with code {srv.proc.returncode}; log {srv.log_path}:\n{srv.log_tail()}")
+    except KeyboardInterrupt:
+        print("stopping vLLM", file=sys.stderr, flush=True)
+        return 0
+    finally:
+        srv.stop()
+
+
+def _lazy(name: str, module: str, adder: str):
+    """Subcommands whose flags and handler live in their stage module."""
+
+    def add(subs):
+        import importlib
+
+        mod = importlib.import_module(module)
+        p = _sub(subs, name)
+        getattr(mod, adder)(p)
+
+    return add
+
+
+SUBCOMMANDS = {
+    "serve": _add_serve,
+}
+
+
+def build_parser(commands: list[str] | None = None) -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="sprout",
+        description=textwrap.dedent("""\
+            Sprout: seed instructions -> teacher-generated dataset (vLLM) -> LoRA-tuned student.
+            Every subcommand takes --config FILE.yaml with the same settings as its flags."""),
+        epilog="commands:\n" + "\n".join(f"  {k:<9} {v}" for k, v in HELP.items()) +
+               "\n\nstart here:  sprout demo --quick",
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    subs = parser.add_subparsers(dest="command", metavar="COMMAND")
+    for name, add in SUBCOMMANDS.items():
+        if commands is None or name in commands:
+            add(subs)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    argv = sys.argv[1:] if argv is None else argv
+    # Build only the subcommand asked for: the others may import heavy libraries.
+    wanted = [a for a in argv if a in SUBCOMMANDS][:1] or None
+    parser = build_parser(wanted)
+    args = parser.parse_args(argv)
+    if not getattr(args, "func", None):
+        parser.print_help()
+        return 0 if not argv else 2
+    try:
+        return int(args.func(args) or 0)
+    except UserError as e:
+        print(f"sprout {args.command}: error: {e}", file=sys.stderr)
+        return e.exit_code
+    except KeyboardInterrupt:
+        print("interrupted", file=sys.stderr)
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())

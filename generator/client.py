@@ -1,0 +1,198 @@
+"""Async client for OpenAI-compatible teachers (vLLM or any hosted API).
+
+What it adds over a bare `openai.AsyncOpenAI` loop:
+- bounded concurrency (a semaphore) that is high by default, so vLLM's continuous batcher stays full;
+- retries with exponential backoff and full jitter on connection errors, timeouts, 429 and 5xx,
+  honouring Retry-After; other 4xx errors fail at once (retrying a bad request cannot help);
+- several base URLs: each request goes to the least-loaded endpoint that is not resting; an
+  endpoint that fails rests (backoff doubling per consecutive failure) while the others carry on;
+- token usage counted across all requests.
+API keys come from the environment only and are never stored on the object's public state.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import random
+import time
+from dataclasses import dataclass, field
+
+import openai
+
+from generator.errors import UserError
+
+
+class TeacherError(UserError):
+    """A request failed permanently (retry budget spent, or a non-retryable 4xx)."""
+
+
+@dataclass
+class Completion:
+    texts: list[str]
+    finish_reasons: list[str]
+    prompt_tokens: int
+    completion_tokens: int
+    endpoint: str
+    model: str
+
+
+@dataclass
+class Usage:
+    requests: int = 0
+    retries: int = 0
+    failures: int = 0
+    prompt_tokens: int = 0
+    completion_tokens: int = 0
+
+
+@dataclass
+class _Endpoint:
+    url: str
+    client: openai.AsyncOpenAI
+    in_flight: int = 0
+    fails: int = 0  # consecutive failures
+    rest_until: float = 0.0
+
+
+@dataclass
+class ClientConfig:
+    concurrency: int = 128
+    timeout: float = 600.0  # seconds per request
+    max_retries: int = 6
+    backoff_base: float = 0.5
+    backoff_max: float = 30.0
+    rest_max: float = 30.0  # longest rest for a failing endpoint
+
+
+def api_key_from_env(env_name: str | None = None) -> str:
+    """The key from $env_name (or $OPENAI_API_KEY); vLLM needs none, so a placeholder otherwise."""
+    if env_name:
+        if env_name not in os.environ:
+            raise UserError(f"--api-key-env {env_name}: that environment variable is not set")
+        return os.environ[env_name]
+    return os.environ.get("OPENAI_API_KEY", "EMPTY")
+
+
+def split_urls(urls: str | list[str]) -> list[str]:
+    items = urls.split(",") if isinstance(urls, str) else [u for x in urls for u in x.split(",")]
+    out = [u.strip().rstrip("/") for u in items if u.strip()]
+    if not out:
+        raise UserError("--teacher-url: give at least one URL, e.g. http://127.0.0.1:8000/v1")
+    return [u if u.endswith("/v1") else u + "/v1" for u in out]
+
+
+def _retry_after(err: Exception) -> float | None:
+    resp = getattr(err, "response", None)
+    value = resp.headers.get("retry-after") if resp is not None else None
+    try:
+        return float(value) if value is not None else None
+    except ValueError:
+        return None
+
+
+def _retryable(err: Exception) -> bool:
+    if isinstance(err, (openai.APIConnectionError, openai.RateLimitError, openai.InternalServerError)):
+        return True
+    return isinstance(err, openai.APIStatusError) and (err.status_code >= 500 or err.status_code in (408, 409, 429))
+
+
+class TeacherClient:
+    def __init__(self, urls: str | list[str], model: str | None = None, api_key: str | None = None,
+                 cfg: ClientConfig | None = None):
+        self.cfg = cfg or ClientConfig()
+        key = api_key if api_key is not None else api_key_from_env()
+        self.endpoints = [
+            _Endpoint(u, openai.AsyncOpenAI(base_url=u, api_key=key, max_retries=0, timeout=self.cfg.timeout))
+            for u in split_urls(urls)
+        ]
+        self.model = model
+        self.usage = Usage()
+        self._sem = asyncio.Semaphore(self.cfg.concurrency)
+
+    async def resolve_model(self) -> str:
+        """The model name: as given, or the first one the first reachable endpoint serves."""
+        if self.model:
+            return self.model
+        errors = []
+        for ep in self.endpoints:
+            try:
+                models = await ep.client.models.list()
+                self.model = models.data[0].id
+                return self.model
+            except (openai.APIError, IndexError) as e:
+                errors.append(f"{ep.url}: {e}")
+        raise TeacherError("could not list models on any teacher endpoint (" + "; ".join(errors) +
+                           "); check --teacher-url or pass --teacher-model")
+
+    def _pick(self) -> tuple[_Endpoint | None, float]:
+        now = time.monotonic()
+        ready = [e for e in self.endpoints if e.rest_until <= now]
+        if not ready:
+            return None, min(e.rest_until for e in self.endpoints) - now
+        return min(ready, key=lambda e: e.in_flight), 0.0
+
+    async def _call(self, kind: str, payload: dict) -> Completion:
+        model = await self.resolve_model()
+        async with self._sem:
+            last: Exception | None = None
+            for attempt in range(self.cfg.max_retries + 1):
+                ep, wait = self._pick()
+                while ep is None:
+                    await asyncio.sleep(wait)
+                    ep, wait = self._pick()
+                ep.in_flight += 1
+                try:
+                    if kind == "chat":
+                        resp = await ep.client.chat.completions.create(model=model, **payload)
+                        texts = [c.message.content or "" for c in resp.choices]
+                    else:
+                        resp = await ep.client.completions.create(model=model, **payload)
+                        texts = [c.text for c in resp.choices]
+                except openai.APIError as err:
+                    last = err
+                    if not _retryable(err):
+                        self.usage.failures += 1
+                        raise TeacherError(f"teacher {ep.url} refused the request: {err}") from None
+                    ep.fails += 1
+                    ep.rest_until = time.monotonic() + min(self.cfg.rest_max, self.cfg.backoff_base * 2 ** ep.fails)
+                    if attempt == self.cfg.max_retries:
+                        break
+                    self.usage.retries += 1
+                    delay = random.uniform(0, min(self.cfg.backoff_max, self.cfg.backoff_base * 2 ** attempt))
+                    after = _retry_after(err)
+                    if after is not None:
+                        delay = max(delay, min(after, 60.0))
+                        ep.rest_until = max(ep.rest_until, time.monotonic() + min(after, 60.0))
+                    await asyncio.sleep(delay)
+                    continue
+                finally:
+                    ep.in_flight -= 1
+                ep.fails = 0
+                self.usage.requests += 1
+                usage = resp.usage
+                pt, ct = (usage.prompt_tokens, usage.completion_tokens) if usage else (0, 0)
+                self.usage.prompt_tokens += pt
+                self.usage.completion_tokens += ct
+                return Completion(texts, [c.finish_reason or "" for c in resp.choices], pt, ct, ep.url, model)
+            self.usage.failures += 1
+            raise TeacherError(f"teacher request failed after {self.cfg.max_retries + 1} attempts "
+                               f"({type(last).__name__}: {last}); is the server up? see --teacher-url")
+
+    async def chat(self, messages: list[dict], **params) -> Completion:
+        """Chat completion; params are OpenAI's (n, max_tokens, temperature, stop, response_format...)."""
+        return await self._call("chat", {"messages": messages, **params})
+
+    async def complete(self, prompt: str, **params) -> Completion:
+        """Raw text completion (no chat template), for base models and raw templates."""
+        return await self._call("completion", {"prompt": prompt, **params})
+
+    async def aclose(self) -> None:
+        for ep in self.endpoints:
+            await ep.client.close()
+
+    async def __aenter__(self) -> "TeacherClient":
+        return self
+
+    async def __aexit__(self, *exc) -> None:
+        await self.aclose()

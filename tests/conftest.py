@@ -1,0 +1,39 @@
+"""Shared fixtures: the embedded model and ONE real vLLM server per test session.
+
+Set SPROUT_TEST_TEACHER_URL=http://127.0.0.1:PORT/v1 to reuse a server you already run (handy
+while developing); otherwise the first test that needs it starts one (~35-75 s on 2 cores).
+"""
+
+from __future__ import annotations
+
+import os
+
+import pytest
+
+from generator.models import embedded_model_dir
+
+
+@pytest.fixture(scope="session")
+def embedded_model() -> str:
+    return str(embedded_model_dir())
+
+
+class _Teacher:
+    def __init__(self, base_url: str, model: str, server=None):
+        self.base_url, self.model, self.server = base_url, model, server
+
+
+@pytest.fixture(scope="session")
+def vllm_teacher(embedded_model, tmp_path_factory):
+    """A running vLLM server on the embedded model: `.base_url`, `.model`."""
+    url = os.environ.get("SPROUT_TEST_TEACHER_URL")
+    if url:
+        from generator.models import EMBEDDED_NAME
+
+        yield _Teacher(url.rstrip("/"), os.environ.get("SPROUT_TEST_TEACHER_MODEL", EMBEDDED_NAME))
+        return
+    from generator.server import ServeConfig, VLLMServer, free_port
+
+    log = tmp_path_factory.mktemp("vllm") / "server.log"
+    with VLLMServer(ServeConfig(port=free_port()), log_path=log) as srv:
+        yield _Teacher(srv.base_url, srv.model_name, srv)

@@ -1,0 +1,1 @@
+"""Sprout's training side: dataset formatting, LoRA training, evaluation."""
