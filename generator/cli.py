@@ -96,6 +96,8 @@ def _lazy(name: str, module: str, adder: str):
 
 SUBCOMMANDS = {
     "serve": _add_serve,
+    "generate": _lazy("generate", "generator.generate", "add_generate_args"),
+    "train": _lazy("train", "trainer.train", "add_train_args"),
 }
 
 

@@ -1,0 +1,86 @@
+"""Quality filters of Self-Instruct / Alpaca. Each returns a rejection reason (a short snake_case
+name used as the key of the rejection counts) or None. Novelty (ROUGE-L) lives in novelty.py."""
+
+from __future__ import annotations
+
+import re
+import string
+from dataclasses import dataclass, field
+
+# Words a text-only model cannot act on (Self-Instruct's list and Alpaca's additions).
+DEFAULT_BLOCKLIST = ["image", "images", "graph", "graphs", "picture", "pictures", "file", "files", "map", "maps",
+                     "draw", "plot", "go to", "video", "audio", "music", "flowchart", "diagram"]
+
+
+@dataclass
+class FilterConfig:
+    min_words: int = 4  # Alpaca keeps > 3 words, Self-Instruct 4..150
+    max_words: int = 150
+    blocklist: list[str] = field(default_factory=lambda: list(DEFAULT_BLOCKLIST))
+    max_field_words: int = 1000  # an input or output longer than this is almost always a loop
+
+
+class InstructionFilter:
+    def __init__(self, cfg: FilterConfig):
+        self.cfg = cfg
+        # one regex for the whole blocklist: word-boundary matches, case-insensitive
+        words = sorted(cfg.blocklist, key=len, reverse=True)
+        self._block = re.compile(r"\b(" + "|".join(re.escape(w) for w in words) + r")\b", re.I) if words else None
+
+    def __call__(self, text: str) -> str | None:
+        text = text.strip()
+        if not text:
+            return "empty_instruction"
+        n = len(text.split())
+        if n < self.cfg.min_words:
+            return "too_short"
+        if n > self.cfg.max_words:
+            return "too_long"
+        if self._block and self._block.search(text):
+            return "blocklisted_word"
+        if text.lower().startswith("write a program"):
+            return "write_a_program"
+        if text[0] in string.punctuation:
+            return "starts_with_punctuation"
+        if not text[0].isascii():
+            return "starts_with_non_ascii"
+        return None
+
+
+def instance_rejection(inp: str, out: str, cfg: FilterConfig) -> str | None:
+    inp, out = inp.strip(), out.strip()
+    if not out:
+        return "empty_output"
+    if inp == out:
+        return "input_equals_output"
+    if out.endswith(":") or inp.endswith(":"):  # a field that stops at a label was cut off
+        return "cut_field"
+    if len(out.split()) > cfg.max_field_words or len(inp.split()) > cfg.max_field_words:
+        return "field_too_long"
+    return None
+
+
+def clean_instances(instances: list[dict], cfg: FilterConfig) -> tuple[list[dict], dict[str, int], str | None]:
+    """Keep the good instances of one task: (kept, rejected counts by reason, task-level reason).
+
+    Exact duplicates collapse to one; one input with different outputs makes the whole task
+    unreliable (Self-Instruct drops it)."""
+    kept, reasons, outputs_by_input = [], {}, {}
+    for inst in instances:
+        reason = instance_rejection(inst["input"], inst["output"], cfg)
+        if reason:
+            reasons[reason] = reasons.get(reason, 0) + 1
+            continue
+        key = inst["input"].strip()
+        prev = outputs_by_input.setdefault(key, set())
+        if inst["output"].strip() in prev:
+            reasons["duplicate_instance"] = reasons.get("duplicate_instance", 0) + 1
+            continue
+        prev.add(inst["output"].strip())
+        kept.append({"input": inst["input"].strip(), "output": inst["output"].strip()})
+    conflicting = any(len(v) > 1 for k, v in outputs_by_input.items())
+    if conflicting:
+        return [], reasons, "conflicting_outputs"
+    if not kept:
+        return [], reasons, "no_valid_instance"
+    return kept, reasons, None

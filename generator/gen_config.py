@@ -1,0 +1,81 @@
+"""`sprout generate`'s settings: one dataclass, filled from defaults < --config YAML < flags."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+from generator.filters import DEFAULT_BLOCKLIST
+
+# The papers' sampling settings. Self-Instruct: bootstrap at temperature 0.7, top_p 0.5, presence
+# penalty 2; instances greedy. Alpaca: temperature 1.0, top_p 1.0. (vLLM needs top_p > 0, so
+# "greedy" is temperature 0 with top_p 1.)
+MODE_DEFAULTS = {
+    "alpaca": {"temperature": 1.0, "top_p": 1.0, "presence_penalty": 0.0, "max_tokens": 1536,
+               "instance_max_tokens": 0, "instance_temperature": 0.0, "instance_top_p": 1.0},
+    "self-instruct": {"temperature": 0.7, "top_p": 0.5, "presence_penalty": 2.0, "max_tokens": 512,
+                      "instance_max_tokens": 300, "instance_temperature": 0.0, "instance_top_p": 1.0},
+}
+SAMPLING_KEYS = tuple(MODE_DEFAULTS["alpaca"])
+
+
+@dataclass
+class GenerateConfig:
+    out: str = ""
+    seeds: str | None = None  # default: the shipped seeds/seed_tasks.jsonl
+    num_instructions: int = 100
+    mode: str = "alpaca"  # alpaca | self-instruct
+    # teacher: a running OpenAI-compatible server, or (when teacher_url is None) one we start
+    teacher_url: str | None = None  # comma-separated for several replicas
+    teacher_model: str | None = None
+    api_key_env: str | None = None  # name of the variable holding the key; the key is never stored
+    model: str | None = None  # model to serve when we start the teacher ourselves
+    api: str = "chat"  # chat | completion
+    structured: str = "auto"  # auto (JSON schema when the teacher is vLLM) | json | text
+    templates: str | None = None
+    template: list[str] = field(default_factory=list)  # STAGE=FILE overrides
+    concurrency: int = 64
+    request_timeout: float = 600.0
+    max_requests: int | None = None  # give up after this many requests (default 20 x target + 200)
+    seed: int = 0
+    # alpaca mode
+    tasks_per_prompt: int = 8
+    examples_per_prompt: int = 3
+    # self-instruct mode
+    seed_examples: int = 6
+    machine_examples: int = 2
+    instructions_per_prompt: int = 8
+    max_instances: int = 5
+    # sampling (None = the mode's default above)
+    temperature: float | None = None
+    top_p: float | None = None
+    presence_penalty: float | None = None
+    max_tokens: int | None = None
+    instance_max_tokens: int | None = None
+    instance_temperature: float | None = None
+    instance_top_p: float | None = None
+    # filters
+    min_words: int = 4
+    max_words: int = 150
+    blocklist: list[str] = field(default_factory=lambda: list(DEFAULT_BLOCKLIST))
+    novelty_threshold: float = 0.7
+    stem: bool = False
+    decontaminate: list[str] = field(default_factory=list)  # files whose instructions must not leak in
+
+    def sampling(self) -> dict:
+        return {k: getattr(self, k) for k in SAMPLING_KEYS}
+
+    def validate(self) -> None:
+        from generator.errors import UserError
+
+        if not self.out:
+            raise UserError("--out: name the run directory, e.g. --out runs/gen1")
+        if self.mode not in MODE_DEFAULTS:
+            raise UserError(f"--mode {self.mode!r}: choose alpaca or self-instruct")
+        if self.api not in ("chat", "completion"):
+            raise UserError(f"--api {self.api!r}: choose chat or completion")
+        if self.structured not in ("auto", "json", "text"):
+            raise UserError(f"--structured {self.structured!r}: choose auto, json or text")
+        if self.num_instructions < 1 or self.concurrency < 1:
+            raise UserError("--num-instructions and --concurrency must be at least 1")
+        if not 0.0 < self.novelty_threshold <= 1.0:
+            raise UserError("--novelty-threshold must be in (0, 1]")

@@ -1,0 +1,154 @@
+"""`sprout generate`: flags and config -> a run directory filled to the target, resumable."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import sys
+import time
+
+from generator.client import ClientConfig, TeacherClient, api_key_from_env
+from generator.config import load_config
+from generator.errors import UserError
+from generator.gen_config import GenerateConfig
+from generator.resources import data_dir
+from generator.runs import RunDir
+from generator.seeds import load_seeds
+from generator.templates import STAGES, load_templates
+
+
+def add_generate_args(p) -> None:
+    a = p.add_argument
+    a("--seeds", help="seed tasks: Self-Instruct JSONL, Alpaca JSON/JSONL, CSV or parquet (default: shipped seeds)")
+    a("--out", help="run directory (created, or resumed if it exists)")
+    a("--num-instructions", type=int, help="target number of kept instructions (default 100)")
+    a("--mode", choices=["alpaca", "self-instruct"], help="alpaca: one pass; self-instruct: bootstrap, "
+      "classify, instances (default alpaca)")
+    a("--teacher-url", help="OpenAI-compatible base URL(s), comma-separated; default: start vLLM here")
+    a("--teacher-model", help="model name on the teacher (default: the first one it serves)")
+    a("--api-key-env", help="environment variable holding the API key (default OPENAI_API_KEY)")
+    a("--model", help="model to serve when no --teacher-url is given (default: embedded SmolLM2-135M-Instruct)")
+    a("--api", choices=["chat", "completion"], help="chat messages or raw completion prompts (default chat)")
+    a("--structured", choices=["auto", "json", "text"], help="JSON-schema guided replies (auto: when the "
+      "teacher is vLLM) or numbered text")
+    a("--templates", help="folder of stage templates replacing ours (see docs/templates.md)")
+    a("--template", action="append", metavar="STAGE=FILE", help=f"replace one stage's template; stages: {', '.join(STAGES)}")
+    a("--concurrency", type=int, help="requests in flight (default 64)")
+    a("--max-requests", type=int, help="give up after this many requests (default 20 x target + 200)")
+    a("--request-timeout", type=float, help="seconds per request (default 600)")
+    a("--seed", type=int, help="random seed for example sampling")
+    a("--tasks-per-prompt", type=int, help="alpaca: tasks asked for per request (default 8)")
+    a("--max-instances", type=int, help="self-instruct: instances per instruction (default 5)")
+    a("--temperature", type=float)
+    a("--top-p", type=float)
+    a("--max-tokens", type=int, help="max tokens of the main request (default: mode's)")
+    a("--instance-max-tokens", type=int, help="self-instruct: max tokens of the instance request")
+    a("--novelty-threshold", type=float, help="drop instructions with ROUGE-L F above this against the pool (0.7)")
+    a("--min-words", type=int)
+    a("--max-words", type=int)
+    a("--decontaminate", action="append", metavar="FILE", help="drop instructions overlapping these files "
+      "(13-gram or ROUGE-L); repeatable")
+    a("--force", action="store_true", help="continue a run whose settings changed")
+    p.set_defaults(func=run_generate)
+
+
+def _template_overrides(specs: list[str]) -> dict[str, str]:
+    out = {}
+    for spec in specs:
+        stage, sep, path = spec.partition("=")
+        if not sep or stage not in STAGES:
+            raise UserError(f"--template {spec!r}: expected STAGE=FILE with STAGE one of {', '.join(STAGES)}")
+        out[stage] = path
+    return out
+
+
+class _Progress:
+    """tqdm bar: kept/target with ETA, rejections by reason, teacher tokens/s; stats.json every 5 s."""
+
+    def __init__(self, total: int, initial: int):
+        from tqdm import tqdm
+
+        self.bar = tqdm(total=total, initial=initial, unit="instr", desc="kept", dynamic_ncols=True,
+                        file=sys.stderr, disable=None)
+        self.last_kept, self.last_write = initial, time.monotonic()
+
+    def __call__(self, pipe) -> None:
+        if pipe.kept != self.last_kept:
+            self.bar.update(pipe.kept - self.last_kept)
+            self.last_kept = pipe.kept
+        elapsed = time.monotonic() - pipe.started
+        tps = (pipe.client.usage.completion_tokens - pipe.tokens_at_start[1]) / max(elapsed, 1e-9)
+        top = " ".join(f"{k}={v}" for k, v in pipe.rejections.most_common(3))
+        self.bar.set_postfix_str(f"rejected {sum(pipe.rejections.values())} ({top}) {tps:.0f} tok/s", refresh=False)
+        if time.monotonic() - self.last_write > 5:
+            pipe.run.write_stats(pipe.stats())
+            self.last_write = time.monotonic()
+
+
+async def _served_by_vllm(client: TeacherClient) -> bool:
+    with contextlib.suppress(Exception):
+        models = await client.endpoints[0].client.models.list()
+        return any(getattr(m, "owned_by", "") == "vllm" for m in models.data)
+    return False
+
+
+async def _generate(cfg: GenerateConfig, seeds, templates, run: RunDir, base_url: str, model: str | None,
+                    decontam) -> dict:
+    from generator.pipeline import Pipeline
+
+    key = api_key_from_env(cfg.api_key_env)
+    async with TeacherClient(base_url, model=model, api_key=key,
+                             cfg=ClientConfig(concurrency=cfg.concurrency, timeout=cfg.request_timeout)) as client:
+        await client.resolve_model()
+        structured = cfg.structured == "json" or (cfg.structured == "auto" and await _served_by_vllm(client))
+        pipe = Pipeline(cfg, seeds, templates, client, run, structured, decontam)
+        progress = _Progress(cfg.num_instructions, pipe.kept)
+        pipe.progress = progress
+        try:
+            await pipe.run_until_done()
+        finally:
+            progress.bar.close()
+            stats = pipe.stats()
+            run.write_stats(stats)
+        return stats
+
+
+def generate(cfg: GenerateConfig, force: bool = False) -> dict:
+    """Run (or resume) generation to cfg.num_instructions; returns the stats."""
+    cfg.validate()
+    seeds = load_seeds(cfg.seeds or data_dir("seeds") / "seed_tasks.jsonl", need_instances=cfg.mode == "alpaca")
+    templates = load_templates(cfg.templates, _template_overrides(cfg.template))
+    decontam = None
+    if cfg.decontaminate:
+        from generator.decontam import Decontaminator
+
+        decontam = Decontaminator.from_files(cfg.decontaminate, cfg.novelty_threshold)
+    run = RunDir(cfg.out).open(cfg, {k: t.sha256 for k, t in templates.items()}, force=force)
+    for note in run.notes:
+        print(f"note: {note}", file=sys.stderr)
+    kept = sum(1 for r in run.records if r.get("instance_index", 0) == 0)
+    if kept >= cfg.num_instructions:  # nothing to do: do not start a teacher
+        run.close()
+        print(f"{cfg.out} already holds {kept} instructions (target {cfg.num_instructions})", file=sys.stderr)
+        return {**run.previous_stats, "kept_instructions": kept, "records": len(run.records)}
+    try:
+        if cfg.teacher_url:
+            return asyncio.run(_generate(cfg, seeds, templates, run, cfg.teacher_url, cfg.teacher_model, decontam))
+        from generator.server import ServeConfig, VLLMServer, free_port
+
+        print("starting a vLLM teacher (pass --teacher-url to use a running one)...", file=sys.stderr, flush=True)
+        with VLLMServer(ServeConfig(model=cfg.model, port=free_port())) as srv:
+            return asyncio.run(_generate(cfg, seeds, templates, run, srv.base_url, srv.model_name, decontam))
+    finally:
+        run.close()
+
+
+def run_generate(args) -> int:
+    overrides = {k: v for k, v in vars(args).items() if k not in ("config", "func", "command", "force")}
+    cfg = load_config(GenerateConfig, args.config, overrides)
+    stats = generate(cfg, force=args.force)
+    rej = ", ".join(f"{k} {v}" for k, v in stats["rejections"].items()) or "none"
+    print(f"kept {stats['kept_instructions']}/{stats['target']} instructions ({stats['records']} records) in "
+          f"{cfg.out}/data.jsonl\nrejected: {rej}\nteacher: {stats['requests']} requests, "
+          f"{stats['completion_tokens']} completion tokens, {stats['session_completion_tokens_per_s']} tok/s")
+    return 0
