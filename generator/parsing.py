@@ -72,12 +72,23 @@ def _clean(s) -> str:
     return re.sub(r"^\d{1,3}\s*[.)]\s+", "", " ".join(s.split()))
 
 
-def _finish(items: list, failures: int, finish_reason: str, whole: bool = False) -> Parsed:
-    # A reply cut by max_tokens may end in a half-written item: drop it unless JSON said it was whole.
+def _finish(items: list, failures: int, finish_reason: str) -> Parsed:
+    # A text reply cut by max_tokens may end in a half-written item: drop it.
     cut = 0
-    if finish_reason == "length" and items and not whole:
+    if finish_reason == "length" and items:
         items, cut = items[:-1], 1
     return Parsed(items, failures, cut)
+
+
+def _finish_json(good: list, n_items: int, whole: bool, finish_reason: str) -> Parsed:
+    """JSON recovery only ever returns complete items; a reply that is not whole JSON was cut
+    (length limit) or is garbage (a parse failure)."""
+    bad = n_items - len(good)
+    if whole:
+        return Parsed(good, bad)
+    if finish_reason == "length":
+        return Parsed(good, bad, 1)
+    return Parsed(good, bad + 1)
 
 
 def parse_numbered_instructions(text: str, finish_reason: str = "stop", structured: bool = False,
@@ -85,10 +96,10 @@ def parse_numbered_instructions(text: str, finish_reason: str = "stop", structur
     if structured:
         items, whole = _json_list(text, "instructions")
         good = [_clean(x) for x in items if isinstance(x, str) and _clean(x)]
-        return _finish(good, len(items) - len(good) + (0 if items or whole else 1), finish_reason, whole)
+        return _finish_json(good, len(items), whole, finish_reason)
     if start is not None:  # a completion prompt ended with "N." -- the reply continues item N
         text = f"{start}. " + text.lstrip()
-    pieces = re.split(r"(?:^|\n)\s*\d+\s*[.)]\s+", "\n" + text)
+    pieces = re.split(r"(?:^|\n)[ \t]*\d+[ \t]*[.)](?=\s|$)[ \t]*", "\n" + text)
     items = [" ".join(p.split()) for p in pieces[1:]]
     good = [p for p in items if p]
     return _finish(good, len(items) - len(good) + (0 if pieces[1:] else 1), finish_reason)
@@ -104,7 +115,7 @@ def parse_alpaca_tasks(text: str, finish_reason: str = "stop", structured: bool 
                 inp = (t.get("input") or "").strip()
                 good.append({"instruction": _clean(t["instruction"]), "output": t["output"].strip(),
                              "input": "" if inp.lower() == "<noinput>" else inp})
-        return _finish(good, len(items) - len(good) + (0 if items or whole else 1), finish_reason, whole)
+        return _finish_json(good, len(items), whole, finish_reason)
     if start is not None:
         text = f"{start}. Instruction: " + text.lstrip()
     blocks = [b for b in re.split(r"^\s*###\s*$", text, flags=re.M) if b.strip()]
@@ -142,7 +153,7 @@ def parse_instances(text: str, finish_reason: str = "stop", structured: bool = F
         items, whole = _json_list(text, "instances")
         good = [{"input": (i.get("input") or "").strip(), "output": i["output"].strip()} for i in items
                 if isinstance(i, dict) and isinstance(i.get("output"), str)]
-        return _finish(good, len(items) - len(good) + (0 if items or whole else 1), finish_reason, whole)
+        return _finish_json(good, len(items), whole, finish_reason)
     text = re.split(r"\n\s*Task\s*:", text)[0]  # the model may go on to invent the next task
     blocks = [b for b in re.split(r"(?:^|\n)\s*Example\s*\d+\s*:?\s*\n", "\n" + text) if b.strip()]
     good, failures = [], 0
@@ -163,7 +174,7 @@ def parse_labeled_instances(text: str, finish_reason: str = "stop", structured: 
         items, whole = _json_list(text, "instances")
         good = [{"input": (i.get("input") or "").strip(), "output": i["class_label"].strip()} for i in items
                 if isinstance(i, dict) and isinstance(i.get("class_label"), str)]
-        return _finish(good, len(items) - len(good) + (0 if items or whole else 1), finish_reason, whole)
+        return _finish_json(good, len(items), whole, finish_reason)
     text = re.split(r"\n\s*Task\s*:", text)[0]
     blocks = [b for b in re.split(r"(?:^|\n)\s*Class label\s*:", "\n" + text, flags=re.I)[1:] if b.strip()]
     good, failures = [], 0

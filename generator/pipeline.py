@@ -66,7 +66,7 @@ class Pipeline:
 
     async def run_until_done(self) -> None:
         unit = self._alpaca_unit if self.cfg.mode == "alpaca" else self._self_instruct_unit
-        budget = self.cfg.max_requests or 20 * self.cfg.num_instructions + 200
+        budget = 20 * self.cfg.num_instructions + 200 if self.cfg.max_requests is None else self.cfg.max_requests
         pending: set[asyncio.Task] = set()
         try:
             while not self.done:

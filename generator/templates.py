@@ -70,9 +70,14 @@ class Template:
 
     def render(self, **variables) -> Prompt:
         try:
-            ctx = self.tmpl.new_context(variables)
-            system, user = self._block("system", ctx), self._block("user", ctx)
-            completion = self._block("completion", ctx) or (f"{system}\n\n{user}" if system else user)
+            try:
+                ctx = self.tmpl.new_context(variables)
+                system, user = self._block("system", ctx), self._block("user", ctx)
+                completion = self._block("completion", ctx) or (f"{system}\n\n{user}" if system else user)
+            except Exception:
+                # rendering blocks directly skips Jinja's traceback rewriting; ask for it, so
+                # frames carry template line numbers
+                self.tmpl.environment.handle_exception()
         except (jinja2.UndefinedError, jinja2.exceptions.SecurityError, jinja2.TemplateError, TypeError) as e:
             raise UserError(f"{self.path} line {self._error_line(e)}: {type(e).__name__}: {e}") from None
         return Prompt(system, user or completion, completion)

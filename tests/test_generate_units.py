@@ -1,0 +1,256 @@
+"""Unit tests of the generation engine's pieces: parsers, filters, templates, seeds, run resume."""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+
+import pytest
+
+from generator.errors import UserError
+from generator.filters import FilterConfig, InstructionFilter, clean_instances
+from generator.parsing import (parse_alpaca_tasks, parse_instances, parse_labeled_instances,
+                               parse_numbered_instructions, parse_yes_no)
+from generator.runs import RunDir
+from generator.seeds import load_seeds
+from generator.templates import load_templates
+
+# -- parsers --------------------------------------------------------------------------------------
+
+
+def test_numbered_instructions_well_formed_and_ragged():
+    text = "1. Write a haiku about rain.\n2) Explain  how\n   tides work.\n\n3. \n4. Classify the tone."
+    p = parse_numbered_instructions(text)
+    assert p.items == ["Write a haiku about rain.", "Explain how tides work.", "Classify the tone."]
+    assert p.failures == 1  # the empty item 3
+
+
+def test_numbered_instructions_completion_continuation_and_truncation():
+    # a completion prompt ended with "9." so the reply continues item 9 without its number
+    p = parse_numbered_instructions(" Name a prime.\n10. List two oceans.\n11. Summarize the", "length", start=9)
+    assert p.items == ["Name a prime.", "List two oceans."] and p.cut == 1
+
+
+def test_numbered_instructions_json_strips_copied_numbers_and_recovers_cut_json():
+    p = parse_numbered_instructions('{"instructions": ["7. Name a fruit.", "Say hi twice."]}', structured=True)
+    assert p.items == ["Name a fruit.", "Say hi twice."]
+    cut = parse_numbered_instructions('{"instructions": ["Name a fruit.", "Say hi tw', "length", structured=True)
+    assert cut.items == ["Name a fruit."] and cut.failures == 0
+
+
+ALPACA_REPLY = """###
+4. Instruction: Translate the sentence to French.
+4. Input:
+I like apples.
+4. Output:
+J'aime les pommes.
+###
+5. Instruction: Give three tips for sleeping well.
+5. Input:
+<noinput>
+5. Output:
+Keep a schedule, avoid screens, and keep the room cool.
+###
+6. Instruction: broken task without fields
+###
+7. Instruction: Summarize the text.
+7. Input:
+A long"""
+
+
+def test_alpaca_tasks_text():
+    p = parse_alpaca_tasks(ALPACA_REPLY, "length")
+    assert [t["instruction"] for t in p.items] == ["Translate the sentence to French.",
+                                                   "Give three tips for sleeping well."]
+    assert p.items[0]["input"] == "I like apples." and p.items[1]["input"] == ""
+    assert p.failures == 1 and p.cut == 1  # task 6 unreadable; task 7 cut by the length limit
+
+
+def test_alpaca_tasks_json():
+    reply = json.dumps({"tasks": [{"instruction": "Add 2 and 3.", "input": "<noinput>", "output": "5"},
+                                  {"instruction": "", "input": "", "output": "x"}]})
+    p = parse_alpaca_tasks(reply, structured=True)
+    assert p.items == [{"instruction": "Add 2 and 3.", "input": "", "output": "5"}] and p.failures == 1
+
+
+def test_yes_no():
+    assert parse_yes_no(" Yes").items == [True]
+    assert parse_yes_no("no, it is not").items == [False]
+    assert parse_yes_no("Maybe").failures == 1
+
+
+def test_instances_input_first_formats():
+    text = "Example 1\nInput: 2 + 2\nOutput: 4\nExample 2\nInput: 3 + 5\nOutput: 8\n\nTask: next task"
+    assert parse_instances(text).items == [{"input": "2 + 2", "output": "4"}, {"input": "3 + 5", "output": "8"}]
+    assert parse_instances("Output: Paris").items == [{"input": "", "output": "Paris"}]
+    assert parse_instances("Just the answer.").items == [{"input": "", "output": "Just the answer."}]
+
+
+def test_labeled_instances_output_first():
+    text = "Class label: positive\nSentence: I love it.\nClass label: negative\nInput: Awful."
+    p = parse_labeled_instances(text)
+    assert p.items == [{"input": "I love it.", "output": "positive"}, {"input": "Awful.", "output": "negative"}]
+
+
+# -- filters --------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("text,reason", [
+    ("Say hi.", "too_short"),
+    (" ".join(["word"] * 151), "too_long"),
+    ("Describe the image of a cat in detail.", "blocklisted_word"),
+    ("Please go to the store and buy milk.", "blocklisted_word"),
+    ("Write a program that sorts numbers.", "write_a_program"),
+    ("- List three fruits that are red.", "starts_with_punctuation"),
+    ("Écris un poème sur la mer.", "starts_with_non_ascii"),
+    ("Give three reasons to learn Python.", None),
+    ("Summarize the profile of this mapmaker.", None),  # "map" only as a whole word
+])
+def test_instruction_filter(text, reason):
+    assert InstructionFilter(FilterConfig())(text) == reason
+
+
+def test_instance_filters():
+    cfg = FilterConfig()
+    kept, reasons, task = clean_instances([
+        {"input": "", "output": ""}, {"input": "same", "output": "same"}, {"input": "x", "output": "Answer:"},
+        {"input": "a", "output": "b"}, {"input": "a", "output": "b"}], cfg)
+    assert kept == [{"input": "a", "output": "b"}] and task is None
+    assert reasons == {"empty_output": 1, "input_equals_output": 1, "cut_field": 1, "duplicate_instance": 1}
+    _, _, task = clean_instances([{"input": "q", "output": "yes"}, {"input": "q", "output": "no"}], cfg)
+    assert task == "conflicting_outputs"
+
+
+# -- templates ------------------------------------------------------------------------------------
+
+
+def _write_template(tmp_path, body: str):
+    (tmp_path / "classify.jinja").write_text("{# parser: yes_no #}\n" + body)
+    return load_templates(tmp_path)["classify"]
+
+
+def test_sandbox_blocks_unsafe_attributes(tmp_path):
+    t = _write_template(tmp_path, "{% block user %}\n{{ ''.__class__.__mro__ }}{% endblock %}")
+    with pytest.raises(UserError, match=r"classify\.jinja line 3: SecurityError"):
+        t.render(instruction="x", structured=False)
+
+
+def test_sandbox_cannot_read_files(tmp_path):
+    t = _write_template(tmp_path, "{% block user %}{% include '/etc/passwd' %}{% endblock %}")
+    with pytest.raises(UserError, match="classify.jinja"):
+        t.render(instruction="x", structured=False)
+
+
+def test_missing_variable_names_template_and_line(tmp_path):
+    t = _write_template(tmp_path, "{% block user %}\nTask: {{ instruction }}\n{{ no_such_var }}{% endblock %}")
+    with pytest.raises(UserError, match=r"classify\.jinja line 4: UndefinedError.*no_such_var"):
+        t.render(instruction="x", structured=False)
+
+
+def test_teacher_text_is_data_not_template():
+    t = load_templates()["classify"]
+    text = "Compute {{ 7 * 7 }} and {% if true %}x{% endif %}"
+    assert text in t.render(instruction=text, structured=False).user
+
+
+def test_every_shipped_template_renders_both_forms():
+    ts = load_templates()
+    ex = [{"id": "a", "instruction": "Say hi nicely.", "input": "", "output": "Hi!"}]
+    variables = {"examples": ex, "num_tasks": 4, "num_instructions": 4, "instruction": "Sort the list.",
+                 "max_instances": 3, "start": 2}
+    for name, t in ts.items():
+        for structured in (True, False):
+            p = t.render(structured=structured, **variables)
+            assert p.user.strip() and p.completion.strip(), name
+            assert p.messages()[-1]["role"] == "user"
+
+
+def test_template_without_parser_metadata_is_rejected(tmp_path):
+    (tmp_path / "alpaca.jinja").write_text("{% block user %}hi{% endblock %}")
+    with pytest.raises(UserError, match="parser"):
+        load_templates(tmp_path)
+
+
+# -- seeds ----------------------------------------------------------------------------------------
+
+
+def test_shipped_seeds_load():
+    tasks = load_seeds("seeds/seed_tasks.jsonl", need_instances=True)
+    assert len(tasks) >= 100 and 0.2 <= sum(t.is_classification for t in tasks) / len(tasks) <= 0.35
+
+
+@pytest.mark.parametrize("content,match", [
+    ('{"instruction": "ok", "instances": []}\n{"instruction": "x"\n', r"line 2: not valid JSON"),
+    ('{"instruction": "ok"}\n{"input": "x"}\n', r"line 2: missing field 'instruction'"),
+    ('{"instruction": "   "}\n', r"line 1: field 'instruction' is empty"),
+    ('{"instruction": 5}\n', r"line 1: field 'instruction' must be a string"),
+    ('{"instruction": "a", "instances": [{"input": "x"}]}\n', r"instances\[0\]: missing field 'output'"),
+    ('', r"no tasks"),
+])
+def test_seed_validation_errors(tmp_path, content, match):
+    f = tmp_path / "seeds.jsonl"
+    f.write_text(content)
+    with pytest.raises(UserError, match=match):
+        load_seeds(f)
+
+
+def test_seed_formats_alpaca_json_csv_parquet(tmp_path):
+    rows = [{"instruction": "Add 1 and 2.", "input": "", "output": "3"},
+            {"instruction": "Name a color.", "input": "", "output": "Red"}]
+    (tmp_path / "a.json").write_text(json.dumps(rows))
+    (tmp_path / "b.csv").write_text("instruction,input,output\nAdd 1 and 2.,,3\n,x,y\n")
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    pq.write_table(pa.Table.from_pylist(rows), tmp_path / "c.parquet")
+    assert [t.instruction for t in load_seeds(tmp_path / "a.json")] == ["Add 1 and 2.", "Name a color."]
+    assert load_seeds(tmp_path / "c.parquet")[1].instances == [{"input": "", "output": "Red"}]
+    with pytest.raises(UserError, match=r"b\.csv line 3: field 'instruction' is empty"):
+        load_seeds(tmp_path / "b.csv")
+
+
+# -- run directory resume -------------------------------------------------------------------------
+
+
+@dataclass
+class _Cfg:
+    out: str
+    mode: str = "alpaca"
+    num_instructions: int = 5
+
+
+def _group(iid: str, n: int) -> list[dict]:
+    return [{"id": f"{iid}-{i}", "instruction_id": iid, "instruction": f"task {iid}", "input": "",
+             "output": str(i), "instance_index": i, "num_instances": n} for i in range(n)]
+
+
+def test_resume_drops_torn_line_and_incomplete_group(tmp_path):
+    run = RunDir(tmp_path).open(_Cfg(str(tmp_path)), {})
+    run.write_group(_group("a", 2))
+    run.write_group(_group("b", 3))
+    run.close()
+    data = (tmp_path / "data.jsonl").read_bytes()
+    lines = data.split(b"\n")
+    # crash: group b's third line was cut half-way
+    (tmp_path / "data.jsonl").write_bytes(b"\n".join(lines[:4]) + b"\n" + lines[4][:10])
+    run2 = RunDir(tmp_path).open(_Cfg(str(tmp_path)), {})
+    assert [r["id"] for r in run2.records] == ["a-0", "a-1"]
+    assert any("torn" in n for n in run2.notes)
+    run2.write_group(_group("c", 1))
+    run2.close()
+    ids = [json.loads(line)["id"] for line in (tmp_path / "data.jsonl").read_text().splitlines()]
+    assert ids == ["a-0", "a-1", "c-0"]
+
+
+def test_resume_with_changed_settings_needs_force(tmp_path):
+    RunDir(tmp_path).open(_Cfg(str(tmp_path)), {}).close()
+    RunDir(tmp_path).open(_Cfg(str(tmp_path), num_instructions=50), {}).close()  # target may grow
+    with pytest.raises(UserError, match=r"different settings \(mode\).*--force"):
+        RunDir(tmp_path).open(_Cfg(str(tmp_path), mode="self-instruct"), {})
+    RunDir(tmp_path).open(_Cfg(str(tmp_path), mode="self-instruct"), {}, force=True).close()
+
+
+def test_corrupt_line_in_the_middle_is_an_error(tmp_path):
+    (tmp_path / "data.jsonl").write_text('{"id": 1}\nnot json\n{"id": 2}\n')
+    with pytest.raises(UserError, match="data.jsonl line 2: corrupt"):
+        RunDir(tmp_path).open(_Cfg(str(tmp_path)), {})
