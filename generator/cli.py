@@ -98,6 +98,10 @@ SUBCOMMANDS = {
     "serve": _add_serve,
     "generate": _lazy("generate", "generator.generate", "add_generate_args"),
     "train": _lazy("train", "trainer.train", "add_train_args"),
+    "eval": _lazy("eval", "trainer.evaluate", "add_eval_args"),
+    "export": _lazy("export", "generator.export", "add_export_args"),
+    "compare": _lazy("compare", "generator.export", "add_compare_args"),
+    "dedup": _lazy("dedup", "generator.novelty", "add_dedup_args"),
 }
 
 

@@ -132,8 +132,8 @@ class TeacherClient:
             return None, min(e.rest_until for e in self.endpoints) - now
         return min(ready, key=lambda e: e.in_flight), 0.0
 
-    async def _call(self, kind: str, payload: dict) -> Completion:
-        model = await self.resolve_model()
+    async def _call(self, kind: str, payload: dict, model: str | None = None) -> Completion:
+        model = model or await self.resolve_model()
         async with self._sem:
             last: Exception | None = None
             for attempt in range(self.cfg.max_retries + 1):
@@ -179,13 +179,14 @@ class TeacherClient:
             raise TeacherError(f"teacher request failed after {self.cfg.max_retries + 1} attempts "
                                f"({type(last).__name__}: {last}); is the server up? see --teacher-url")
 
-    async def chat(self, messages: list[dict], **params) -> Completion:
-        """Chat completion; params are OpenAI's (n, max_tokens, temperature, stop, response_format...)."""
-        return await self._call("chat", {"messages": messages, **params})
+    async def chat(self, messages: list[dict], model: str | None = None, **params) -> Completion:
+        """Chat completion; params are OpenAI's (n, max_tokens, temperature, stop, response_format...).
+        `model` overrides the client's model for this request (e.g. a LoRA adapter's name)."""
+        return await self._call("chat", {"messages": messages, **params}, model)
 
-    async def complete(self, prompt: str, **params) -> Completion:
+    async def complete(self, prompt: str, model: str | None = None, **params) -> Completion:
         """Raw text completion (no chat template), for base models and raw templates."""
-        return await self._call("completion", {"prompt": prompt, **params})
+        return await self._call("completion", {"prompt": prompt, **params}, model)
 
     async def aclose(self) -> None:
         for ep in self.endpoints:

@@ -1,28 +1,22 @@
 """ROUGE-L novelty filter: keep a new instruction only if no kept one is too similar to it.
 
-Self-Instruct and Stanford Alpaca drop a generated instruction when its ROUGE-L F-measure with any
-instruction already in the pool is above 0.7, scoring every pair with rouge_score's pure-Python
-LCS table: quadratic in the pool, tens of microseconds a pair. This module takes the *same*
-keep/drop decisions, bit for bit, thousands of times faster:
-
-* Tokens come from rouge_score's own tokenizer. Each distinct token becomes one unicode character,
-  so an instruction is a short string and rapidfuzz's bit-parallel C++ LCS scores a pair in ns.
-* An inverted index with prefix filtering (as in set-similarity joins) yields the few entries that
-  *can* score above the threshold; most pairs are never scored at all.
-* Every decision uses F recomputed in rouge_score's own float arithmetic from the exact integer
-  LCS, so a pair right at the threshold goes the same way as in rouge_score.
-
-Top-k neighbours (k > 0) need entries below the threshold too, which a threshold index cannot
-give: they come from a full rapidfuzz scan, one C++ call for a whole batch.
+Self-Instruct and Stanford Alpaca drop an instruction whose ROUGE-L F with any pool instruction is
+above 0.7, scoring every pair with rouge_score's pure-Python LCS. This module takes the same
+decisions, bit for bit, far faster: tokens (rouge_score's own tokenizer) become one character
+each so rapidfuzz's C++ LCS scores a pair in nanoseconds; an inverted index with prefix filtering
+(as in set-similarity joins) leaves only the few entries that *can* pass the threshold; and each
+decision uses F recomputed in rouge_score's float arithmetic from the exact integer LCS.
+Top-k neighbours below the threshold need a full scan: one rapidfuzz call for a whole batch.
 """
 
 from __future__ import annotations
 
 import dataclasses
+import functools
 import json
 from array import array
 from collections import Counter
-from itertools import islice
+from itertools import chain, islice
 from pathlib import Path
 
 import numpy as np
@@ -50,23 +44,17 @@ class _MemoStemmer:
     def __init__(self):
         from nltk.stem import porter
 
-        self._stem, self._cache = porter.PorterStemmer().stem, {}
-
-    def stem(self, word: str) -> str:
-        out = self._cache.get(word)
-        if out is None:
-            out = self._cache[word] = self._stem(word)
-        return out
+        self.stem = functools.cache(porter.PorterStemmer().stem)  # what rouge_score calls
 
 
-_STEMMER: list[_MemoStemmer] = []
+@functools.cache
+def _stemmer() -> _MemoStemmer:
+    return _MemoStemmer()
 
 
 def tokens(text: str, use_stemmer: bool = False) -> list[str]:
     """rouge_score's tokens of `text`: lowercase [a-z0-9] runs, Porter stems if asked."""
-    if use_stemmer and not _STEMMER:
-        _STEMMER.append(_MemoStemmer())
-    return rouge_tokenize.tokenize(text, _STEMMER[0] if use_stemmer else None)
+    return rouge_tokenize.tokenize(text, _stemmer() if use_stemmer else None)
 
 
 def _fmeasure(lcs: int, m: int, n: int) -> float:
@@ -111,19 +99,23 @@ class NoveltyPool:
         self._chars: dict[str, str] = {}  # token -> its one-character code
         self._texts: list[str] = []
         self._codes: list[str] = []  # each entry as a string of token codes
-        self._lens = array("i")  # token counts
+        self._lens: list[int] = []  # token counts (a list: the hot loops index it)
+        self._lens_np = np.zeros(1024, dtype=np.int32)  # the same, for numpy, grown by doubling
         # Prefix-filter index. An element is a token occurrence (the 2nd "the" of a text differs
         # from its 1st), so multiset overlap is plain set overlap.
         self._eid: dict[str, int] = {}
         self._postings: list[array] = []  # element id -> entries with it in their prefix
         self._df = array("i")  # element id -> number of entries containing it
+        self._ids: list[array] = []  # entry -> its element ids, for re-indexing
         # The filter needs one fixed global element order; rarest first keeps common words out
         # of prefixes and posting lists short. Frequencies emerge as the pool grows, so order and
         # index are redone at doubling sizes; elements new since then sort first, newest first.
-        self._rank = array("q")  # element id -> sort key, lower first
+        self._rank: list[int] = []  # element id -> sort key, lower first
         self._next_rebuild = 256
         t = self.threshold - _SLACK
-        self._ratio = t / (2 - t)  # F > t needs overlap > ratio * len of either side (see below)
+        self._half, self._ratio = t / 2, t / (2 - t)  # see `_prefix_len` and `_required`
+        self._maxlen = 0
+        self._req: dict[int, tuple[list[int], np.ndarray]] = {}
 
     def __len__(self) -> int:
         return len(self._texts)
@@ -157,11 +149,31 @@ class NoveltyPool:
         need = max(1, int(self._ratio * n) + 1)
         return max(0, n - need + 1)
 
+    def _required(self, m: int) -> tuple[list[int], np.ndarray]:
+        """For an m-token text, indexed by entry length n: how many probed posting lists an
+        entry must be in to possibly score above the threshold. The pair must share
+        need_mn = floor(t(m+n)/2) + 1 elements; the first need_mn - max(need_m, need_n) + 1 of
+        them in global order lie in both prefixes. Lengths with F <= 2min(m,n)/(m+n) <= t: never."""
+        got = self._req.get(m)
+        if got is None or len(got[0]) <= self._maxlen:
+            never, h, r = 1 << 30, self._half, self._ratio
+            need_m = max(1, int(r * m) + 1)
+            req = [max(1, int(h * (m + n)) + 1 - max(need_m, int(r * n) + 1) + 1)
+                   if r * m < n and n * r < m else never for n in range(self._maxlen + 1)]
+            if len(self._req) * len(req) > 1 << 22:  # bounded memory even for very long texts
+                self._req.clear()
+            got = self._req[m] = (req, np.array(req))
+        return got
+
     def _append(self, text: str, code: str, elements: list[str]) -> None:
         pos = len(self._texts)
         self._texts.append(text)
         self._codes.append(code)
         self._lens.append(len(code))
+        if pos == len(self._lens_np):
+            self._lens_np = np.concatenate([self._lens_np, np.zeros_like(self._lens_np)])
+        self._lens_np[pos] = len(code)
+        self._maxlen = max(self._maxlen, len(code))
         eid, df = self._eid, self._df
         ids = []
         for e in elements:
@@ -173,6 +185,7 @@ class NoveltyPool:
                 self._postings.append(array("i"))
             df[i] += 1
             ids.append(i)
+        self._ids.append(array("i", ids))
         self._index(pos, ids)
 
     def _index(self, pos: int, ids: list[int]) -> None:
@@ -196,13 +209,13 @@ class NoveltyPool:
         for i, (tok, old) in enumerate(by_use):
             table[ord(old)] = self._chars[tok] = _char(i)
         self._codes = [c.translate(table) for c in self._codes]
-        self._eid = eid = {e.translate(table): i for e, i in eid.items()}  # elements: c or c*k
-        self._rank = rank = array("q", bytes(8 * len(df)))
+        self._eid = {e.translate(table): i for e, i in eid.items()}  # elements: c or c*k
+        self._rank = rank = [0] * len(df)
         for r, i in enumerate(sorted(range(len(df)), key=lambda i: (df[i], -i))):
             rank[i] = r
         self._postings = [array("i") for _ in df]
-        for pos, code in enumerate(self._codes):
-            self._index(pos, [eid[e] for e in self._elements(code)])
+        for pos, ids in enumerate(self._ids):
+            self._index(pos, ids.tolist())
 
     def add(self, text: str) -> None:
         """Add `text` unconditionally (seed tasks, or records rebuilt on resume)."""
@@ -226,18 +239,17 @@ class NoveltyPool:
             return []
         known.sort(key=self._rank.__getitem__)
         lists = [self._postings[i] for i in known[: p - unseen]]
-        # Length filter: F <= 2*min(m, n)/(m+n), so n*ratio < m and m*ratio < n.
-        r, lens = self._ratio, self._lens
-        n_min = int(r * m) + 1
-        n_max = int(m / r) if r > 0 else 2**31
-        n_max -= n_max * r >= m
+        req, req_np = self._required(m)
+        lens = self._lens
         if sum(map(len, lists)) < 300:  # a few candidates: plain Python beats numpy's overheads
-            cand = [j for j in set().union(*lists) if n_min <= lens[j] <= n_max]
+            counts = Counter(chain.from_iterable(lists))
+            cand = [j for j, c in counts.items() if c >= req[lens[j]]]
         else:
-            found = np.concatenate([np.frombuffer(a, dtype=np.int32) for a in lists])
-            n = np.frombuffer(lens, dtype=np.int32)[found]
-            found = np.sort(found[(n >= n_min) & (n <= n_max)])
-            cand = found[np.concatenate(([True], found[1:] != found[:-1]))].tolist()
+            found = np.sort(np.concatenate([np.frombuffer(a, dtype=np.int32) for a in lists]))
+            starts = np.flatnonzero(np.concatenate(([True], found[1:] != found[:-1])))
+            counts = np.diff(np.append(starts, len(found)))
+            found = found[starts]
+            cand = found[counts >= req_np[self._lens_np[found]]].tolist()
         if not cand:
             return []
         codes = self._codes
@@ -338,16 +350,22 @@ def dedup_records(records: list[dict], threshold: float = 0.7, key: str = "instr
     pool = NoveltyPool(threshold, use_stemmer)
     kept, dropped = [], []
     for i, rec in enumerate(records, 1):
-        if not isinstance(rec, dict) or not isinstance(rec.get(key), str):
-            what = ("is not a JSON object" if not isinstance(rec, dict) else
-                    f"has no {key!r} field" if key not in rec else f"field {key!r} is not a string")
-            raise UserError(f"record {i} {what}")
+        if problem := _problem(rec, key):
+            raise UserError(f"record {i}: {problem}")
         novel, near = pool.check_and_add(rec[key], k=1, scan=False)
         if novel:
             kept.append(rec)
         else:
             dropped.append({**rec, "_nearest": {"instruction": near[0][0], "rouge_l": near[0][1]}})
     return kept, dropped
+
+
+def _problem(rec, key: str) -> str | None:
+    if not isinstance(rec, dict):
+        return f"expected a JSON object, got {type(rec).__name__}"
+    if key not in rec:
+        return f"no {key!r} field (pick the field with --key)"
+    return None if isinstance(rec[key], str) else f"field {key!r} is not a string"
 
 
 def _read_jsonl(path: Path, key: str) -> list[dict]:
@@ -366,12 +384,8 @@ def _read_jsonl(path: Path, key: str) -> list[dict]:
         except json.JSONDecodeError as e:
             raise UserError(f"{path} line {no}: not valid JSON ({e.msg}); a torn last line from "
                             "an interrupted run can be deleted") from None
-        if not isinstance(rec, dict):
-            raise UserError(f"{path} line {no}: expected a JSON object, got {type(rec).__name__}")
-        if not isinstance(rec.get(key), str):
-            what = f"no {key!r} field (pick the field with --key)" if key not in rec else \
-                f"field {key!r} is not a string"
-            raise UserError(f"{path} line {no}: {what}")
+        if problem := _problem(rec, key):
+            raise UserError(f"{path} line {no}: {problem}")
         records.append(rec)
     return records
 

@@ -35,6 +35,8 @@ SCHEMAS = {
         "type": "array", "items": {"type": "object", "required": ["class_label", "input"],
                                    "properties": {"class_label": _STR, "input": _STR}}}}},
 }
+SCHEMAS["judge_verdict"] = {"type": "object", "required": ["winner"],
+                            "properties": {"winner": {"type": "string", "enum": ["A", "B", "tie"]}}}
 JSON_KEYS = {"alpaca_tasks": "tasks", "numbered_instructions": "instructions", "instances": "instances",
              "labeled_instances": "instances"}
 
@@ -188,10 +190,27 @@ def parse_labeled_instances(text: str, finish_reason: str = "stop", structured: 
     return _finish(good, failures + (0 if blocks else 1), finish_reason)
 
 
+def parse_judge_verdict(text: str, finish_reason: str = "stop", structured: bool = False,
+                        start: int | None = None) -> Parsed:
+    """"A", "B" or "tie"; anything else is no verdict (counted by the caller, never a silent zero)."""
+    if structured:
+        try:
+            value = json.loads(text).get("winner")
+        except (json.JSONDecodeError, AttributeError):
+            value = None
+        return Parsed([value]) if value in ("A", "B", "tie") else Parsed([], 1)
+    m = re.match(r"\s*(?:response\s*)?\**\s*(A|B|tie)\b", text, re.I)
+    if not m:
+        return Parsed([], 1)
+    word = m.group(1)
+    return Parsed(["tie" if word.lower() == "tie" else word.upper()])
+
+
 PARSERS = {
     "numbered_instructions": parse_numbered_instructions,
     "alpaca_tasks": parse_alpaca_tasks,
     "yes_no": parse_yes_no,
     "instances": parse_instances,
     "labeled_instances": parse_labeled_instances,
+    "judge_verdict": parse_judge_verdict,
 }
