@@ -99,9 +99,11 @@ SUBCOMMANDS = {
     "generate": _lazy("generate", "generator.generate", "add_generate_args"),
     "train": _lazy("train", "trainer.train", "add_train_args"),
     "eval": _lazy("eval", "trainer.evaluate", "add_eval_args"),
+    "demo": _lazy("demo", "trainer.demo", "add_demo_args"),
     "export": _lazy("export", "generator.export", "add_export_args"),
     "compare": _lazy("compare", "generator.export", "add_compare_args"),
     "dedup": _lazy("dedup", "generator.novelty", "add_dedup_args"),
+    "report": _lazy("report", "trainer.report", "add_report_args"),
 }
 
 

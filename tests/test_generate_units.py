@@ -254,3 +254,20 @@ def test_corrupt_line_in_the_middle_is_an_error(tmp_path):
     (tmp_path / "data.jsonl").write_text('{"id": 1}\nnot json\n{"id": 2}\n')
     with pytest.raises(UserError, match="data.jsonl line 2: corrupt"):
         RunDir(tmp_path).open(_Cfg(str(tmp_path)), {})
+
+
+# -- decontamination ------------------------------------------------------------------------------
+
+
+def test_decontaminator_13gram_and_rouge():
+    from generator.decontam import Decontaminator
+
+    bench = "Explain in simple terms why the sky looks blue on a clear day and red at sunset for kids"
+    d = Decontaminator([bench])
+    # shares 13 consecutive words but is long enough that ROUGE-L stays under 0.7
+    leak = ("Write a long story for my class where a teacher has to explain in simple terms why the sky looks "
+            "blue on a clear day and red at sunset to a group of curious students on a trip")
+    assert d.check(leak) == "contaminated_13gram"
+    assert d.check("Explain in simple terms why the sky looks blue on clear days and red at sunset for kids") == \
+        "contaminated_rouge"
+    assert d.check("List three fruits that grow on trees.") is None

@@ -1,0 +1,153 @@
+"""`sprout demo`: the whole job on one machine, each stage through its public entry point.
+
+    seeds -> sprout generate (vLLM teacher) -> data.jsonl -> sprout train (LoRA) -> adapter
+          -> sprout eval (base vs student on held-out items) -> sprout report (one HTML file)
+
+The stages talk only through files in OUT/ (the dataset file is the contract), so rerunning the
+demo resumes: a finished stage is skipped, generation continues where it stopped. `--fresh`
+starts over. Defaults fit a 2-core CPU with the embedded 135M model; flags scale it up on a GPU
+machine (a bigger teacher and student, more instructions and steps).
+"""
+
+from __future__ import annotations
+
+import json
+import shutil
+import sys
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+# (full, --quick) sizes; --quick is what CI runs and must stay under ~5 minutes on 2 cores
+SIZES = {
+    "num_instructions": (60, 16),
+    "max_steps": (60, 8),
+    "eval_limit": (40, 8),
+    "max_length": (512, 256),
+    "answer_tokens": (192, 96),
+}
+
+
+@dataclass
+class DemoConfig:
+    out: str = "runs/demo"
+    quick: bool = False
+    fresh: bool = False
+    seeds: str | None = None
+    mode: str = "alpaca"
+    teacher_url: str | None = None  # use a running teacher instead of serving one
+    teacher_model: str | None = None  # model to serve as teacher (default: embedded)
+    student: str | None = None  # student base model (default: embedded)
+    num_instructions: int | None = None
+    max_steps: int | None = None
+    eval_limit: int | None = None
+    max_length: int | None = None
+    answer_tokens: int | None = None
+
+    def size(self, name: str) -> int:
+        value = getattr(self, name)
+        return value if value is not None else SIZES[name][1 if self.quick else 0]
+
+
+def _stage(name: str) -> float:
+    print(f"\n== {name} ==", file=sys.stderr, flush=True)
+    return time.monotonic()
+
+
+def demo(cfg: DemoConfig) -> dict:
+    from generator.gen_config import GenerateConfig
+    from generator.generate import generate
+    from trainer.config import TrainConfig
+    from trainer.evaluate import EvalConfig, evaluate
+    from trainer.train import train
+
+    out = Path(cfg.out)
+    if cfg.fresh and out.exists():
+        shutil.rmtree(out)
+    out.mkdir(parents=True, exist_ok=True)
+    times = {}
+
+    t = _stage(f"1/4 generate {cfg.size('num_instructions')} instructions ({cfg.mode})")
+    gen = GenerateConfig(out=str(out / "data"), seeds=cfg.seeds, mode=cfg.mode,
+                         num_instructions=cfg.size("num_instructions"), teacher_url=cfg.teacher_url,
+                         model=cfg.teacher_model, teacher_model=None, concurrency=32, max_tokens=400,
+                         tasks_per_prompt=6)
+    gen_stats = generate(gen)
+    times["generate_s"] = round(time.monotonic() - t, 1)
+
+    t = _stage(f"2/4 train a LoRA adapter ({cfg.size('max_steps')} steps)")
+    train_dir = out / "train"
+    if (train_dir / "summary.json").is_file() and (train_dir / "adapter" / "adapter_config.json").is_file():
+        print(f"{train_dir} already trained; skipping (--fresh to redo)", file=sys.stderr)
+        train_summary = json.loads((train_dir / "summary.json").read_text())
+        trained_now = False
+    else:
+        trained_now = True
+        train_summary = train(TrainConfig(data=str(out / "data"), out=str(train_dir), model=cfg.student,
+                                          max_steps=cfg.size("max_steps"), max_length=cfg.size("max_length"),
+                                          batch_size=4, eval_fraction=0.1, eval_every=max(cfg.size("max_steps") // 2, 1),
+                                          save_every=0, lr=5e-4, overwrite=True))
+    times["train_s"] = round(time.monotonic() - t, 1)
+
+    t = _stage(f"3/4 evaluate base vs student on {cfg.size('eval_limit')} held-out items")
+    if (out / "eval" / "summary.json").is_file() and not trained_now:
+        print(f"{out / 'eval'} already evaluated; skipping (--fresh to redo)", file=sys.stderr)
+        eval_summary = json.loads((out / "eval" / "summary.json").read_text())
+    else:
+        eval_summary = evaluate(EvalConfig(out=str(out / "eval"), model=cfg.student,
+                                           adapter=str(train_dir / "adapter"), limit=cfg.size("eval_limit"),
+                                           max_tokens=cfg.size("answer_tokens")))
+    times["eval_s"] = round(time.monotonic() - t, 1)
+
+    t = _stage("4/4 report")
+    from trainer.report import write_report
+
+    report = write_report(str(out / "data"), str(train_dir), str(out / "eval"), str(out / "report.html"))
+    times["report_s"] = round(time.monotonic() - t, 1)
+
+    headline = {
+        "kept_instructions": gen_stats.get("kept_instructions"), "records": gen_stats.get("records"),
+        "train_final_loss": train_summary.get("final_loss"), "train_eval_loss": train_summary.get("eval_loss"),
+        "base_reference_loss": eval_summary.get("base_reference_loss"),
+        "student_reference_loss": eval_summary.get("student_reference_loss"),
+        "win_rate": eval_summary.get("win_rate"), "win_rate_ci95": eval_summary.get("win_rate_ci95"),
+        **times,
+    }
+    (out / "demo_summary.json").write_text(json.dumps(headline, indent=2))
+    print(f"""
+Sprout demo finished in {sum(times.values()):.0f} s
+  dataset      {out / 'data' / 'data.jsonl'}  ({headline['kept_instructions']} instructions, {headline['records']} records)
+  rejections   {out / 'data' / 'rejected.jsonl'}   stats {out / 'data' / 'stats.json'}
+  adapter      {train_dir / 'adapter'}  (serve it: sprout serve --lora student={train_dir / 'adapter'})
+  training     {train_dir / 'metrics.jsonl'}, {train_dir / 'loss.png'}
+  evaluation   {out / 'eval' / 'report.md'}, {out / 'eval' / 'results.jsonl'}
+  report       {report}
+  reference loss on held-out answers: base {headline['base_reference_loss']} -> student {headline['student_reference_loss']}
+  judge win rate of student vs base: {headline['win_rate']} (95% CI {headline['win_rate_ci95']})""")
+    return headline
+
+
+def add_demo_args(p) -> None:
+    a = p.add_argument
+    a("--out", help="folder for every artifact (default runs/demo)")
+    a("--quick", action="store_true", default=None, help="a small run (~5 min on 2 CPU cores); CI runs this")
+    a("--fresh", action="store_true", default=None, help="delete OUT first instead of resuming")
+    a("--seeds", help="seed tasks (default: shipped seeds)")
+    a("--mode", choices=["alpaca", "self-instruct"])
+    a("--teacher-url", help="use a running OpenAI-compatible teacher instead of serving one")
+    a("--teacher-model", help="model to serve as teacher (default: embedded SmolLM2-135M-Instruct)")
+    a("--student", help="student base model (default: embedded SmolLM2-135M-Instruct)")
+    a("--num-instructions", type=int)
+    a("--max-steps", type=int)
+    a("--eval-limit", type=int)
+    a("--max-length", type=int)
+    a("--answer-tokens", type=int)
+    p.set_defaults(func=run_demo)
+
+
+def run_demo(args) -> int:
+    from generator.config import load_config
+
+    cfg = load_config(DemoConfig, args.config, {k: v for k, v in vars(args).items() if k not in ("config", "func")})
+    demo(cfg)
+    return 0

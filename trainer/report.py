@@ -1,0 +1,453 @@
+"""`sprout report`: one static HTML file about a generation run, and optionally the training and
+evaluation that used it.
+
+    sprout report RUN [--train DIR] [--eval DIR] [--out report.html]
+
+The file stands alone: charts are PNGs inlined as data URIs, styles are inline, there is no
+script, so it can be mailed, attached to an issue or opened offline. Sections: counts and
+rejection reasons, length histograms, Self-Instruct's verb–noun diversity chart, nearest-neighbour
+ROUGE-L, sample records, training loss, evaluation win rate. A section whose input is missing is
+left out. Every piece of record text is teacher output -- untrusted -- and is HTML-escaped.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import html
+import json
+import os
+import random
+import statistics
+from collections import Counter
+from pathlib import Path
+
+from generator.errors import UserError
+
+VERB_PARSERS = ("auto", "spacy", "heuristic")
+
+
+@dataclasses.dataclass
+class ReportConfig:
+    run: str = ""
+    train: str | None = None  # sprout train output folder
+    eval: str | None = None  # sprout eval output folder
+    out: str | None = None  # default: RUN/report.html
+    samples: int = 8  # sample records (and eval items) shown
+    verb_parser: str = "auto"  # auto: spaCy when installed, else the heuristic
+
+
+def e(value) -> str:
+    """Escape for HTML text and attribute values: record text may hold markup or script."""
+    return html.escape(str(value), quote=True)
+
+
+def _fmt(v) -> str:
+    if isinstance(v, bool) or v is None:
+        return str(v)
+    if isinstance(v, int):
+        return f"{v:,}"
+    if isinstance(v, float):
+        return f"{v:,.4g}" if abs(v) < 1e5 else f"{v:,.0f}"
+    if isinstance(v, dict):
+        return ", ".join(f"{k} {_fmt(x)}" for k, x in v.items())
+    if isinstance(v, list):
+        return ", ".join(_fmt(x) for x in v)
+    return str(v)
+
+
+def _pct(x: float) -> str:
+    return f"{100 * x:.1f}%"
+
+
+# --- reading inputs ---------------------------------------------------------------------------
+
+
+def _read_json(path: Path) -> dict | None:
+    if not path.is_file():
+        return None
+    try:
+        data = json.loads(path.read_text(encoding="utf-8"))
+    except json.JSONDecodeError as err:
+        raise UserError(f"{path}: not valid JSON ({err.msg}, line {err.lineno})") from None
+    if not isinstance(data, dict):
+        raise UserError(f"{path}: expected a JSON object")
+    return data
+
+
+def _read_jsonl(path: Path) -> list[dict]:
+    """Lines of a JSONL file; a torn last line (a job still writing, or killed) is skipped."""
+    if not path.is_file():
+        return []
+    lines = path.read_text(encoding="utf-8").splitlines()
+    rows = []
+    for n, line in enumerate(lines, 1):
+        if not line.strip():
+            continue
+        try:
+            row = json.loads(line)
+        except json.JSONDecodeError:
+            if n == len(lines):
+                continue
+            raise UserError(f"{path} line {n}: not valid JSON") from None
+        if isinstance(row, dict):
+            rows.append(row)
+    return rows
+
+
+def _config_threshold(run_dir: Path) -> float | None:
+    path = run_dir / "config.yaml"
+    if not path.is_file():
+        return None
+    import yaml
+
+    try:
+        cfg = yaml.safe_load(path.read_text(encoding="utf-8")) or {}
+    except yaml.YAMLError:
+        return None  # the report only uses it to draw a reference line
+    value = (cfg.get("config") or {}).get("novelty_threshold") if isinstance(cfg, dict) else None
+    return float(value) if isinstance(value, (int, float)) else None
+
+
+def _unique_instructions(records: list[dict]) -> list[dict]:
+    """First record of each instruction: Self-Instruct runs hold several instances of one."""
+    seen, out = set(), []
+    for r in records:
+        key = r.get("instruction_id") or r["instruction"]
+        if key not in seen:
+            seen.add(key)
+            out.append(r)
+    return out
+
+
+def nearest_neighbours(texts: list[str]) -> list[tuple[float, str] | None]:
+    """Each text's most similar *other* text and its ROUGE-L F (None for a lone text). One pass
+    scores each against the texts before it, a reversed pass against those after it; the better
+    of the two is the nearest neighbour overall."""
+    from generator.novelty import NoveltyPool
+
+    best: list[tuple[float, str] | None] = [None] * len(texts)
+    for order in (range(len(texts)), reversed(range(len(texts)))):
+        pool = NoveltyPool(threshold=1.0)  # a threshold of 1 keeps everything: only scores matter
+        for i in order:
+            _, similar = pool.check_and_add(texts[i], k=1)
+            if similar and (best[i] is None or similar[0][1] > best[i][0]):
+                best[i] = (similar[0][1], similar[0][0])
+    return best
+
+
+# --- sections ---------------------------------------------------------------------------------
+
+
+class _Doc:
+    def __init__(self):
+        self.sections: list[tuple[str, str, str]] = []  # (anchor, heading, body html)
+        self.images = 0
+
+    def img(self, uri: str, alt: str) -> str:
+        self.images += 1
+        return f'<img src="{uri}" alt="{e(alt)}">'
+
+    def add(self, anchor: str, heading: str, body: str) -> None:
+        self.sections.append((anchor, heading, body))
+
+
+def _table(rows: list[tuple], header: tuple | None = None, cls: str = "") -> str:
+    head = "<tr>" + "".join(f"<th>{e(h)}</th>" for h in header) + "</tr>" if header else ""
+    body = "".join("<tr>" + "".join(f"<td>{e(_fmt(c))}</td>" for c in row) + "</tr>" for row in rows)
+    return f'<table class="{cls}">{head}{body}</table>'
+
+
+STAT_KEYS = ("mode", "target", "kept_instructions", "records", "requests", "retries", "parse_failures",
+             "prompt_tokens", "completion_tokens", "elapsed_s", "session_completion_tokens_per_s")
+
+
+def _counts_section(doc: _Doc, records, unique, stats, rejected) -> None:
+    from trainer import report_charts as charts
+
+    rows = [(k.replace("_", " "), stats[k]) for k in STAT_KEYS if k in (stats or {})]
+    if not stats:
+        rows = [("kept instructions", len(unique)), ("records", len(records))]
+    rows += [("records with input", sum(1 for r in records if r.get("input"))),
+             ("classification records", sum(1 for r in records if r.get("is_classification")))]
+    teacher = records[0].get("teacher") if records else None
+    if isinstance(teacher, dict) and teacher.get("model"):
+        rows.append(("teacher", teacher["model"]))
+    # stats.json has the authoritative tally (rejected.jsonl may be cut short by a crash).
+    reasons = (stats or {}).get("rejections") or Counter(r.get("reason", "unknown") for r in rejected)
+    examples: dict[str, str] = {}
+    for r in rejected:
+        text = r.get("instruction") or r.get("raw")
+        if isinstance(text, str) and text.strip():
+            examples.setdefault(r.get("reason", "unknown"), text)
+    body = _table(rows, cls="kv")
+    if reasons:
+        total = sum(reasons.values())
+        body += (f"<h3>Rejections</h3><p>{_fmt(sum(reasons.values()))} candidates rejected, "
+                 f"{_fmt(len(unique))} instructions kept.</p>")
+        body += doc.img(charts.bar_chart(dict(reasons), "Rejected candidates by reason"), "rejection reasons")
+        rows = [(k, n, _pct(n / total), (examples.get(k) or "")[:200])
+                for k, n in sorted(reasons.items(), key=lambda kv: (-kv[1], kv[0]))]
+        body += _table(rows, ("reason", "count", "share of rejections", "example"))
+    else:
+        body += "<p>No rejections recorded.</p>"
+    doc.add("counts", "Counts and rejection reasons", body)
+
+
+def _lengths_section(doc: _Doc, records, unique) -> None:
+    from trainer import report_charts as charts
+
+    series = [("instruction", [len(r["instruction"].split()) for r in unique]),
+              ("input (non-empty)", [len(r["input"].split()) for r in records if r.get("input")]),
+              ("output", [len(r["output"].split()) for r in records])]
+    series = [(t, v) for t, v in series if v]
+    if not series:
+        return
+    body = doc.img(charts.length_histograms(series), "length histograms")
+    body += _table([(t, len(v), statistics.mean(v), statistics.median(v), max(v)) for t, v in series],
+                   ("words in", "n", "mean", "median", "max"))
+    doc.add("lengths", "Instruction and output lengths", body)
+
+
+def _verb_noun_section(doc: _Doc, unique, verb_parser: str) -> None:
+    from trainer import report_charts as charts
+
+    pairs, method = charts.verb_noun_pairs([r["instruction"] for r in unique], verb_parser)
+    full = sum(1 for v, n in pairs if v and n)
+    verbs = len({v for v, n in pairs if v and n})
+    body = (f'<p class="method">Method: {e(method)}.</p><p>{full} of {len(pairs)} instructions '
+            f"({_pct(full / len(pairs)) if pairs else '0%'}) have a root verb with a direct noun object, "
+            f"with {verbs} distinct verbs; the others are questions or more complex sentences, as in the "
+            "Self-Instruct paper, and are not drawn.</p>")
+    top = charts.top_verb_nouns(pairs)
+    if top:
+        body += doc.img(charts.verb_noun_sunburst(top), "verb-noun diversity chart")
+        counts = Counter(v for v, n in pairs if v and n)
+        body += _table([(v, counts[v], ", ".join(f"{n} ({c})" for n, c in nouns)) for v, nouns in top],
+                       ("verb", "instructions", "top objects"))
+    doc.add("verbs", "Verb–noun diversity", body)
+
+
+def _novelty_section(doc: _Doc, unique, threshold: float | None) -> None:
+    from trainer import report_charts as charts
+
+    scores: list[float | None] = []
+    neighbours: list[str | None] = []
+    for r in unique:
+        sim = r.get("most_similar")
+        top = sim[0] if isinstance(sim, list) and sim and isinstance(sim[0], dict) else None
+        scores.append(float(top["rouge_l"]) if top and isinstance(top.get("rouge_l"), (int, float)) else None)
+        neighbours.append(top.get("instruction") if top else None)
+    missing = [i for i, s in enumerate(scores) if s is None]
+    note = "ROUGE-L F to the most similar instruction in the pool (seeds and kept instructions) when each was accepted"
+    if missing:
+        computed = nearest_neighbours([r["instruction"] for r in unique])
+        for i in missing:
+            if computed[i]:
+                scores[i], neighbours[i] = computed[i]
+        note += (f"; {len(missing)} records carried no neighbour, so theirs is computed here against the "
+                 "run's other instructions")
+    pairs = [(s, i) for i, s in enumerate(scores) if s is not None]
+    if not pairs:
+        return
+    values = [s for s, _ in pairs]
+    body = f"<p>{e(note)}.</p>" + doc.img(charts.nearest_rouge_histogram(values, threshold), "nearest-neighbour ROUGE-L")
+    closest = sorted(pairs, key=lambda p: -p[0])[:5]
+    body += "<h3>Closest pairs</h3>" + _table(
+        [(f"{s:.3f}", unique[i]["instruction"][:200], (neighbours[i] or "")[:200])
+         for s, i in closest], ("ROUGE-L", "instruction", "most similar"))
+    doc.add("novelty", "Nearest-neighbour ROUGE-L", body)
+
+
+def _clip(text: str, n: int = 1500) -> str:
+    return text if len(text) <= n else text[:n] + f" … [{len(text) - n} more characters]"
+
+
+def _samples_section(doc: _Doc, records, n: int) -> None:
+    if n <= 0 or not records:
+        return
+    # A fixed seed: the same run gives the same report, and reruns can be diffed.
+    picks = sorted(random.Random(0).sample(range(len(records)), min(n, len(records))))
+    cards = []
+    for i in picks:
+        r = records[i]
+        tags = [f"record {i + 1} of {len(records)}", r.get("id") or ""]
+        if r.get("is_classification"):
+            tags.append("classification")
+        sim = r.get("most_similar")
+        nn = (f'<dt>most similar</dt><dd>{e(sim[0].get("instruction", ""))} '
+              f'<span class="muted">(ROUGE-L {e(sim[0].get("rouge_l", "?"))})</span></dd>'
+              if isinstance(sim, list) and sim and isinstance(sim[0], dict) else "")
+        inp = f"<dt>input</dt><dd><pre>{e(_clip(r['input']))}</pre></dd>" if r.get("input") else ""
+        cards.append(f'<div class="card"><div class="muted">{e(" · ".join(t for t in tags if t))}</div><dl>'
+                     f"<dt>instruction</dt><dd>{e(r['instruction'])}</dd>{inp}"
+                     f"<dt>output</dt><dd><pre>{e(_clip(r['output']))}</pre></dd>{nn}</dl></div>")
+    doc.add("samples", "Sample records", f"<p>{len(picks)} records drawn at random (seed 0).</p>" + "".join(cards))
+
+
+TRAIN_KEYS = ("steps", "epochs", "final_loss", "eval_loss", "train_seconds", "tokens_per_s",
+              "supervised_tokens_per_s", "peak_memory_mb", "examples", "processes", "device", "dtype", "model")
+
+
+def _train_section(doc: _Doc, train_dir: Path) -> None:
+    from trainer import report_charts as charts
+
+    if not train_dir.is_dir():
+        raise UserError(f"{train_dir}: --train folder not found")
+    metrics = _read_jsonl(train_dir / "metrics.jsonl")
+    summary = _read_json(train_dir / "summary.json")
+    if not metrics and summary is None:
+        raise UserError(f"{train_dir}: no metrics.jsonl or summary.json; pass a folder made by sprout train")
+    # A resumed run logs some steps twice: the later line is the one the final weights came from.
+    train = {int(m["step"]): float(m["loss"]) for m in metrics if isinstance(m.get("loss"), (int, float)) and "step" in m}
+    evals = {int(m["step"]): float(m["eval_loss"]) for m in metrics
+             if isinstance(m.get("eval_loss"), (int, float)) and "step" in m}
+    body = ""
+    if train or evals:
+        body += doc.img(charts.loss_chart(sorted(train.items()), sorted(evals.items())), "training loss")
+    if summary:
+        body += _table([(k.replace("_", " "), summary[k]) for k in TRAIN_KEYS if k in summary], cls="kv")
+    cfg = train_dir / "train_config.yaml"
+    if cfg.is_file():
+        body += f"<details><summary>train_config.yaml</summary><pre>{e(cfg.read_text(encoding='utf-8'))}</pre></details>"
+    doc.add("training", "Training", body)
+
+
+def _eval_section(doc: _Doc, eval_dir: Path, n: int) -> None:
+    from trainer import report_charts as charts
+
+    summary = _read_json(eval_dir / "summary.json")
+    if summary is None:
+        raise UserError(f"{eval_dir}: no summary.json; pass a folder made by sprout eval")
+    results = _read_jsonl(eval_dir / "results.jsonl")
+    wr = summary.get("win_rate")
+    if isinstance(wr, (int, float)):
+        lo, hi = (summary.get("win_rate_ci95") or [None, None])[:2]
+        ci = f" (95% CI {_pct(lo)}–{_pct(hi)})" if isinstance(lo, (int, float)) and isinstance(hi, (int, float)) else ""
+        body = (f'<p class="headline">Student win rate vs base: <strong>{_pct(wr)}</strong>{e(ci)}</p>'
+                f"<p>{e(_fmt(summary.get('judged_items')))} items judged in both orders, "
+                f"{e(_fmt(summary.get('skipped_items', 0)))} skipped; a tie counts half. "
+                f"Judge: {e(summary.get('judge', '?'))}.</p>")
+        counts = [summary.get(k) for k in ("student_wins", "ties", "base_wins")]
+        if all(isinstance(c, int) for c in counts) and sum(counts):
+            body += doc.img(charts.verdict_chart(*counts), "judge verdicts")
+    else:
+        body = "<p>No judge verdicts in this evaluation.</p>"
+    metric_rows = [(name, summary.get(f"base_{key}"), summary.get(f"student_{key}"))
+                   for name, key in (("loss on reference answers", "reference_loss"), ("ROUGE-L to reference", "rouge_l"))
+                   if f"base_{key}" in summary or f"student_{key}" in summary]
+    if metric_rows:
+        body += _table(metric_rows, ("metric", "base", "student"))
+    if summary.get("overlap_warning"):
+        body += f'<p class="warn">{e(summary["overlap_warning"])}</p>'
+    items = []
+    for r in results[:n]:
+        answers = r.get("answers") or {}
+        score = (r.get("judge") or {}).get("score")
+        rows = "".join(f"<dt>{e(k)}</dt><dd><pre>{e(_clip(str(v), 800))}</pre></dd>" for k, v in
+                       (("reference", r.get("reference", "")), *answers.items()) if v)
+        items.append(f'<div class="card"><div class="muted">judge score for the student: {e(_fmt(score))}</div>'
+                     f"<dl><dt>instruction</dt><dd>{e(r.get('instruction', ''))}</dd>{rows}</dl></div>")
+    if items:
+        body += f"<h3>First {len(items)} of {len(results)} items</h3>" + "".join(items)
+    doc.add("evaluation", "Evaluation", body)
+
+
+# --- the page ---------------------------------------------------------------------------------
+
+CSS = """
+body{font:15px/1.45 system-ui,-apple-system,'Segoe UI',sans-serif;margin:0 auto;max-width:1000px;padding:1.5em;color:#222}
+h1{margin-bottom:.2em}h2{border-bottom:2px solid #ddd;padding-bottom:.2em;margin-top:2em}
+nav a{margin-right:1em}img{max-width:100%;display:block;margin:1em 0}
+table{border-collapse:collapse;margin:1em 0}td,th{border:1px solid #ddd;padding:.3em .6em;text-align:left;vertical-align:top}
+th{background:#f4f4f4}table.kv td:first-child{color:#555}
+.card{border:1px solid #ddd;border-radius:6px;padding:.6em 1em;margin:1em 0;background:#fafafa}
+dt{font-weight:600;margin-top:.4em}dd{margin-left:1em}pre{white-space:pre-wrap;word-break:break-word;margin:0;font-size:13px}
+.muted{color:#777;font-size:13px}.headline{font-size:1.4em}.method{font-style:italic}.warn{color:#a00}
+"""
+
+
+def build_html(cfg: ReportConfig) -> tuple[str, int]:
+    """The report page and how many images it holds."""
+    from generator.export import load_run_records
+
+    run_path = Path(cfg.run)
+    records = load_run_records(run_path)  # UserError naming the path when there is no data.jsonl
+    run_dir = run_path if run_path.is_dir() else run_path.parent
+    stats = _read_json(run_dir / "stats.json")
+    rejected = _read_jsonl(run_dir / "rejected.jsonl")
+    unique = _unique_instructions(records)
+
+    doc = _Doc()
+    _counts_section(doc, records, unique, stats, rejected)
+    if records:
+        _lengths_section(doc, records, unique)
+        _verb_noun_section(doc, unique, cfg.verb_parser)
+        _novelty_section(doc, unique, _config_threshold(run_dir))
+        _samples_section(doc, records, cfg.samples)
+    if cfg.train:
+        _train_section(doc, Path(cfg.train))
+    if cfg.eval:
+        _eval_section(doc, Path(cfg.eval), cfg.samples)
+
+    run_id = (stats or {}).get("run_id") or (records[0].get("run_id") if records else None)
+    title = f"Sprout report: {run_dir.name}" + (f" (run {run_id})" if run_id else "")
+    created = sorted(r["created_at"] for r in records if isinstance(r.get("created_at"), str))
+    sub = [f"run folder {run_dir.resolve()}"]
+    if created:
+        sub.append(f"records created {created[0]} to {created[-1]}")
+    nav = "".join(f'<a href="#{a}">{e(h)}</a>' for a, h, _ in doc.sections)
+    parts = [f'<section id="{a}"><h2>{e(h)}</h2>{b}</section>' for a, h, b in doc.sections]
+    page = ("<!DOCTYPE html>\n<html lang=\"en\"><head><meta charset=\"utf-8\">"
+            f"<meta name=\"viewport\" content=\"width=device-width, initial-scale=1\"><title>{e(title)}</title>"
+            f"<style>{CSS}</style></head><body><h1>{e(title)}</h1><p class=\"muted\">{e('; '.join(sub))}</p>"
+            f"<nav>{nav}</nav>{''.join(parts)}</body></html>\n")
+    return page, doc.images
+
+
+def write_report(run: str, train: str | None = None, eval: str | None = None, out: str | None = None,
+                 samples: int = 8, verb_parser: str = "auto") -> Path:
+    """Write the report and return its path (default RUN/report.html)."""
+    cfg = ReportConfig(run=run, train=train, eval=eval, out=out, samples=samples, verb_parser=verb_parser)
+    return _write(cfg)[0]
+
+
+def _write(cfg: ReportConfig) -> tuple[Path, int]:
+    if not cfg.run:
+        raise UserError("no run folder given: sprout report RUN --out report.html")
+    if cfg.samples < 0:
+        raise UserError(f"--samples must be 0 or more, got {cfg.samples}")
+    if cfg.verb_parser not in VERB_PARSERS:
+        raise UserError(f"--verb-parser must be one of {', '.join(VERB_PARSERS)}, got {cfg.verb_parser!r}")
+    page, images = build_html(cfg)
+    run_path = Path(cfg.run)
+    out = Path(cfg.out) if cfg.out else (run_path if run_path.is_dir() else run_path.parent) / "report.html"
+    if out.is_dir():
+        raise UserError(f"--out {out}: is a folder; give a file name such as {out / 'report.html'}")
+    try:
+        out.parent.mkdir(parents=True, exist_ok=True)
+        tmp = out.with_name(out.name + ".tmp")
+        tmp.write_text(page, encoding="utf-8")
+        os.replace(tmp, out)  # never leave a half-written report where the old one was
+    except OSError as err:
+        raise UserError(f"--out {out}: cannot write ({err.strerror})") from None
+    return out, images
+
+
+def add_report_args(p) -> None:
+    p.add_argument("run", nargs="?", help="run folder made by sprout generate (holds data.jsonl)")
+    p.add_argument("--train", metavar="DIR", help="sprout train output: adds the loss curves")
+    p.add_argument("--eval", metavar="DIR", help="sprout eval output: adds the win rate and examples")
+    p.add_argument("--out", metavar="FILE.html", help="report file to write (default RUN/report.html)")
+    p.add_argument("--samples", type=int, metavar="N", help="sample records and eval items to show (default 8)")
+    p.add_argument("--verb-parser", choices=VERB_PARSERS,
+                   help="verb–noun extraction: spacy (needs the 'report' extra), heuristic, or auto (default)")
+    p.set_defaults(func=run_report)
+
+
+def run_report(args) -> int:
+    from generator.config import load_config
+
+    cfg = load_config(ReportConfig, getattr(args, "config", None), vars(args))
+    out, images = _write(cfg)
+    print(f"wrote {out} ({out.stat().st_size // 1024} KiB, {images} charts)")
+    return 0
