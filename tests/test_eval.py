@@ -90,3 +90,28 @@ def test_overlap_warning(tmp_path):
                              for t in [items[0]["instruction"], "Completely unrelated words about cooking pasta."]))
     w = overlap_warning(items, str(train))
     assert w and "1 of 2 training examples" in w
+
+
+def test_judge_pairs_both_orders_against_a_server_without_verdicts():
+    """A judge whose replies hold no verdict: items are skipped, and all skipped is an error.
+    Identical answers are ties and cost no request."""
+    import asyncio
+
+    from generator.client import ClientConfig, TeacherClient
+    from tests.fault_server import FaultServer
+    from trainer.judge import judge_pairs, judge_template
+
+    items = [{"instruction": "Say hi.", "input": "", "base": "hi", "student": "hi"},
+             {"instruction": "Add 1 and 1.", "input": "", "base": "2", "student": "two"}]
+
+    async def go(url):
+        async with TeacherClient(url, model="fake-model", cfg=ClientConfig(timeout=5)) as c:
+            return await judge_pairs(c, judge_template(), items, structured=False)
+
+    with FaultServer() as srv:  # replies "answer 0": not A, B or tie
+        judged = asyncio.run(go(srv.url))
+    assert len(srv.requests) == 2  # two orders of the second item only
+    assert judged[0] == {"verdicts": ["identical", "identical"], "score": 0.5}
+    assert judged[1] == {"verdicts": [None, None], "score": None}
+    s = summarize(judged)
+    assert s["skipped_items"] == 1 and s["identical_answers"] == 1 and s["win_rate"] == 0.5

@@ -1,7 +1,8 @@
 """Pairwise LLM-judge preference, both orders, with a bootstrap interval.
 
 Each item is judged twice: (base, student) shown as (A, B) and then swapped, which cancels the
-judge's position bias. A verdict scores the student 1 (win), 0.5 (tie) or 0 (loss); an item's
+judge's position bias. Identical answers are a tie without asking the judge. A verdict scores the
+student 1 (win), 0.5 (tie) or 0 (loss); an item's
 score is the mean of its readable verdicts. An item with no readable verdict is skipped and
 counted -- never scored as a loss -- and a judge that gives no verdict at all is an error.
 """
@@ -45,6 +46,8 @@ async def judge_pairs(client: TeacherClient, tmpl: Template, items: list[dict], 
     """For each item (with `base` and `student` answers): verdicts in both orders and a score."""
 
     async def one(item):
+        if item["base"].strip() == item["student"].strip():  # nothing to prefer: a tie, no judge needed
+            return {"verdicts": ["identical", "identical"], "score": 0.5}
         first, second = await asyncio.gather(
             _verdict(client, tmpl, item, item["base"], item["student"], structured, max_tokens),   # student = B
             _verdict(client, tmpl, item, item["student"], item["base"], structured, max_tokens))   # student = A
@@ -81,6 +84,7 @@ def summarize(judged: list[dict]) -> dict:
         "win_rate_ci95": list(bootstrap_ci(scores)),
         "judged_items": len(scores), "skipped_items": len(judged) - len(scores),
         "verdicts_missing": sum(v is None for v in verdicts),
+        "identical_answers": sum(1 for j in judged if j["verdicts"][0] == "identical"),
         "student_wins": sum(1 for s in scores if s > 0.5), "ties": sum(1 for s in scores if s == 0.5),
         "base_wins": sum(1 for s in scores if s < 0.5),
     }
