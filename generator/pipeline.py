@@ -72,8 +72,9 @@ class Pipeline:
             while not self.done:
                 # keep the teacher busy, but do not start work the target no longer needs
                 while len(pending) < self.cfg.concurrency and self.kept + self.in_progress < self.cfg.num_instructions:
-                    if self.requests + len(pending) >= budget:
+                    if self.requests >= budget:
                         break
+                    self.requests += 1  # the unit's first request, counted at launch so the budget is exact
                     pending.add(asyncio.create_task(unit()))
                 if not pending:
                     self._give_up(budget)
@@ -94,7 +95,7 @@ class Pipeline:
                         f"See {self.run.rejected_path}; loosen the filters or use a stronger teacher.")
 
     async def _ask(self, stage: str, variables: dict, max_tokens: int, stop: list[str] | None = None,
-                   structured: bool | None = None, **params) -> tuple[Completion, Parsed, Template]:
+                   structured: bool | None = None, first: bool = False, **params) -> tuple[Completion, Parsed, Template]:
         tmpl = self.templates[stage]
         structured = self.structured if structured is None else structured
         prompt = tmpl.render(structured=structured, **variables)
@@ -105,7 +106,8 @@ class Pipeline:
             # The papers' stop sequences end a *continued* list; a chat reply is not a
             # continuation and often opens with "Task:" or a blank line, so chat gets none.
             kwargs["stop"] = stop
-        self.requests += 1
+        if not first:  # a unit's first request was counted when the unit was launched
+            self.requests += 1
         if self.cfg.api == "completion":
             out = await self.client.complete(prompt.completion, **kwargs)
         else:
@@ -129,7 +131,7 @@ class Pipeline:
         p = self.params
         out, parsed, tmpl = await self._ask(
             "alpaca", {"examples": shown, "num_tasks": self.cfg.tasks_per_prompt, "start": k + 1},
-            p["max_tokens"], stop=[f"\n{k + self.cfg.tasks_per_prompt + 1}. Instruction"],
+            p["max_tokens"], stop=[f"\n{k + self.cfg.tasks_per_prompt + 1}. Instruction"], first=True,
             temperature=p["temperature"], top_p=p["top_p"], presence_penalty=p["presence_penalty"])
         prov = {"templates": {"alpaca": self._tmpl_info(tmpl)}, "examples": {"seed": [s.id for s in examples],
                                                                              "machine": []}}
@@ -155,7 +157,7 @@ class Pipeline:
         n = len(shown)
         out, parsed, tmpl = await self._ask(
             "bootstrap", {"examples": shown, "num_instructions": cfg.instructions_per_prompt, "start": n + 1},
-            p["max_tokens"], stop=[f"\n{n + cfg.instructions_per_prompt + 1}.", "\n\n"],
+            p["max_tokens"], stop=[f"\n{n + cfg.instructions_per_prompt + 1}.", "\n\n"], first=True,
             temperature=p["temperature"], top_p=p["top_p"], presence_penalty=p["presence_penalty"])
         prov = {"templates": {"bootstrap": self._tmpl_info(tmpl)},
                 "examples": {"seed": [s.id for s in seeds], "machine": [mid for mid, _ in machine]}}
