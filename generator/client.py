@@ -126,11 +126,14 @@ class TeacherClient:
                            "); check --teacher-url or pass --teacher-model")
 
     def _pick(self) -> tuple[_Endpoint | None, float]:
+        """The least-loaded usable endpoint, or (None, seconds to wait). An endpoint that failed
+        gets one probe request at a time once its rest is over, until a success clears it."""
         now = time.monotonic()
-        ready = [e for e in self.endpoints if e.rest_until <= now]
-        if not ready:
-            return None, min(e.rest_until for e in self.endpoints) - now
-        return min(ready, key=lambda e: e.in_flight), 0.0
+        ready = [e for e in self.endpoints if e.rest_until <= now and (e.fails == 0 or e.in_flight == 0)]
+        if ready:
+            return min(ready, key=lambda e: e.in_flight), 0.0
+        resting = [e.rest_until - now for e in self.endpoints if e.rest_until > now]
+        return None, max(0.01, min(resting)) if resting else 0.05
 
     async def _call(self, kind: str, payload: dict, model: str | None = None) -> Completion:
         model = model or await self.resolve_model()

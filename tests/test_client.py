@@ -62,13 +62,15 @@ def test_two_endpoints_one_dead_all_requests_succeed():
         async def many():
             async with TeacherClient([dead, srv.url], model="fake-model", cfg=FAST) as c:
                 outs = await asyncio.gather(*[c.chat(MSG, max_tokens=4, n=2) for _ in range(40)])
+                outs += await asyncio.gather(*[c.chat(MSG, max_tokens=4, n=2) for _ in range(40)])
                 return outs, c.usage
         outs, usage = run(many())
     assert all(o.texts == ["answer 0", "answer 1"] for o in outs)
     assert all(o.endpoint == srv.url for o in outs)
-    assert usage.requests == 40 and usage.completion_tokens == 40 * 4 and usage.prompt_tokens == 200
-    # the dead endpoint rests after failing, so it is tried far fewer times than there are requests
-    assert usage.retries < 40
+    assert usage.requests == 80 and usage.completion_tokens == 80 * 4 and usage.prompt_tokens == 400
+    # Only the first wave (about half of 40 requests, sent before anything was known) hits the
+    # dead endpoint en masse; after that it rests and gets one probe at a time.
+    assert usage.retries <= 30
 
 
 def test_concurrency_is_bounded():
