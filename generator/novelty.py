@@ -6,7 +6,8 @@ decisions, bit for bit, far faster: tokens (rouge_score's own tokenizer) become 
 each so rapidfuzz's C++ LCS scores a pair in nanoseconds; an inverted index with prefix filtering
 (as in set-similarity joins) leaves only the few entries that *can* pass the threshold; and each
 decision uses F recomputed in rouge_score's float arithmetic from the exact integer LCS.
-Top-k neighbours below the threshold need a full scan: one rapidfuzz call for a whole batch.
+Top-k neighbours below the threshold are found exactly too, from a cheap upper bound on F for
+every entry (shared-token counts), so only a handful of entries need an LCS.
 """
 
 from __future__ import annotations
@@ -16,7 +17,7 @@ import functools
 import json
 from array import array
 from collections import Counter
-from itertools import chain, islice
+from itertools import chain
 from pathlib import Path
 
 import numpy as np
@@ -29,12 +30,9 @@ from generator.errors import UserError
 Neighbours = list[tuple[str, float]]
 Ranked = list[tuple[int, float]]  # (pool position, F), best first, ties: earliest added first
 
-# Bounds for the index use the threshold lowered by this much, so float rounding in a bound can
-# only let *more* candidates through (tests show it is needed: F = 14/20 vs t = 0.7, say).
+# Bounds are loosened by this much, so float rounding in a bound can only let *more* candidates
+# through (tests show it is needed: F = 14/20 against t = 0.7, say). Exact F decides.
 _SLACK = 1e-9
-# Margin when ranking on rapidfuzz's float32 similarity. Rounding is monotone, so entries tying
-# with or beating the k-th are kept anyway; this only guards against a changed rapidfuzz formula.
-_PROXY_SLACK = 1e-5
 
 
 class _MemoStemmer:
@@ -88,14 +86,10 @@ class NoveltyPool:
     """The instructions kept so far. A text is novel iff no entry has ROUGE-L F > threshold with
     it (rouge_score's F; empty-token texts score 0 with everything, so they are always novel)."""
 
-    def __init__(self, threshold: float = 0.7, use_stemmer: bool = False, workers: int = 1):
+    def __init__(self, threshold: float = 0.7, use_stemmer: bool = False):
         if not 0.0 <= threshold <= 1.0:
             raise ValueError(f"threshold must be between 0 and 1, got {threshold!r}")
         self.threshold, self.use_stemmer = float(threshold), use_stemmer
-        # rapidfuzz threads for batch scans (-1: all cores). One by default: two make a scan
-        # ~1.7x faster on an idle 2-core machine but several times slower on a busy one (beside
-        # a CPU vLLM teacher, say), as rapidfuzz's threads wait on each other.
-        self.workers = workers
         self._chars: dict[str, str] = {}  # token -> its one-character code
         self._texts: list[str] = []
         self._codes: list[str] = []  # each entry as a string of token codes
@@ -105,11 +99,11 @@ class NoveltyPool:
         # from its 1st), so multiset overlap is plain set overlap.
         self._eid: dict[str, int] = {}
         self._postings: list[array] = []  # element id -> entries with it in their prefix
-        self._df = array("i")  # element id -> number of entries containing it
+        self._full: list[array] = []  # element id -> all entries with it (its length: frequency)
         self._ids: list[array] = []  # entry -> its element ids, for re-indexing
         # The filter needs one fixed global element order; rarest first keeps common words out
         # of prefixes and posting lists short. Frequencies emerge as the pool grows, so order and
-        # index are redone at doubling sizes; elements new since then sort first, newest first.
+        # index are redone each time the pool grows 4x; elements new since sort first, newest first.
         self._rank: list[int] = []  # element id -> sort key, lower first
         self._next_rebuild = 256
         t = self.threshold - _SLACK
@@ -123,12 +117,15 @@ class NoveltyPool:
     def _encode(self, text: str) -> str:
         chars = self._chars
         toks = tokens(text, self.use_stemmer)
-        for t in toks:
-            if t not in chars:
-                if len(chars) >= 0x110000 - 0x800:
-                    raise RuntimeError("more distinct tokens than unicode has code points")
-                chars[t] = _char(len(chars))
-        return "".join([chars[t] for t in toks])
+        try:
+            return "".join([chars[t] for t in toks])
+        except KeyError:  # new tokens: give them codes
+            for t in toks:
+                if t not in chars:
+                    if len(chars) >= 0x110000 - 0x800:
+                        raise RuntimeError("more distinct tokens than unicode has code points") from None
+                    chars[t] = _char(len(chars))
+            return "".join([chars[t] for t in toks])
 
     @staticmethod
     def _elements(code: str) -> list[str]:
@@ -174,17 +171,17 @@ class NoveltyPool:
             self._lens_np = np.concatenate([self._lens_np, np.zeros_like(self._lens_np)])
         self._lens_np[pos] = len(code)
         self._maxlen = max(self._maxlen, len(code))
-        eid, df = self._eid, self._df
-        ids = []
-        for e in elements:
-            i = eid.get(e)
-            if i is None:
-                i = eid[e] = len(df)
-                df.append(0)
-                self._rank.append(-1 - i)
-                self._postings.append(array("i"))
-            df[i] += 1
-            ids.append(i)
+        eid, full = self._eid, self._full
+        ids = [eid.get(e) for e in elements]
+        if None in ids:  # elements never seen before
+            for k, e in enumerate(elements):
+                if ids[k] is None:
+                    ids[k] = eid[e] = len(full)
+                    full.append(array("i"))
+                    self._rank.append(-1 - ids[k])
+                    self._postings.append(array("i"))
+        for i in ids:
+            full[i].append(pos)
         self._ids.append(array("i", ids))
         self._index(pos, ids)
 
@@ -196,14 +193,14 @@ class NoveltyPool:
     def _maybe_rebuild(self) -> None:
         # Only between public calls: recoding tokens would make codes held inside a call stale.
         if len(self._texts) >= self._next_rebuild:
-            self._next_rebuild = 2 * len(self._texts)
+            self._next_rebuild = 4 * len(self._texts)
             self._rebuild()
 
     def _rebuild(self) -> None:
         """Re-rank elements by how many entries hold them (rarest first) and re-index. Also
         recode tokens, most used first: rapidfuzz looks characters below 256 up in a flat table,
         others in a hash map, which makes full scans ~1.5x faster."""
-        df, eid = self._df, self._eid
+        df, eid = [len(a) for a in self._full], self._eid
         by_use = sorted(self._chars.items(), key=lambda tc: -df[eid[tc[1]]] if tc[1] in eid else 0)
         table = {}
         for i, (tok, old) in enumerate(by_use):
@@ -228,13 +225,9 @@ class NoveltyPool:
         one, and F is recomputed the way rouge_score computes it."""
         m = len(code)
         p = self._prefix_len(m)
-        known, unseen = [], 0
-        for e in elements:
-            i = self._eid.get(e)
-            if i is None:
-                unseen += 1  # in no entry: ordering it first uses up a prefix slot for free
-            else:
-                known.append(i)
+        get = self._eid.get
+        known = [i for i in map(get, elements) if i is not None]
+        unseen = len(elements) - len(known)  # in no entry: ordered first, they fill prefix slots
         if unseen >= p:
             return []
         known.sort(key=self._rank.__getitem__)
@@ -260,41 +253,49 @@ class NoveltyPool:
         hits = [(cand[j], _fmeasure(LCSseq.similarity(code, s), m, len(s))) for s, _, j in found]
         return sorted((h for h in hits if h[1] > self.threshold), key=_rank_key)
 
-    def _ranked(self, codes: list[str], k: int) -> list[Ranked]:
-        """For each of `codes`, the k best entries: one rapidfuzz scan for all of them, exact F
-        only for the few entries that can make the top k."""
-        n = len(self._codes)
-        if n == 0 or k <= 0:
-            return [[] for _ in codes]
-        # float32 2*LCS/(m+n) ranks like F; everything at or above the k-th value is re-ranked
-        # on exact F, which also orders ties the way rouge_score's floats do. cdist spreads rows
-        # over threads, so a single row gets just the thread start-up cost.
-        sim = process.cdist(codes, self._codes, scorer=Indel.normalized_similarity, dtype=np.float32,
-                            workers=self.workers if len(codes) > 1 else 1)
-        if n > k:
-            kth = np.partition(sim, n - k, axis=1)[:, n - k]
-            rows, cols = np.nonzero((sim >= (kth - _PROXY_SLACK)[:, None]) & (sim > 0))
-        else:
-            rows, cols = np.nonzero(sim > 0)
-        bounds = np.searchsorted(rows, np.arange(len(codes) + 1))
-        out = []
-        for r, code in enumerate(codes):
-            m = len(code)
-            sel = cols[bounds[r]: bounds[r + 1]].tolist() if m else []  # m = 0: F = 0 for all
-            ranked = sorted(((j, _fmeasure(LCSseq.similarity(code, self._codes[j]), m, self._lens[j]))
-                             for j in sel), key=_rank_key)[:k]
-            if len(ranked) < k:  # fewer than k entries share a token: F = 0, oldest first
-                taken = set(sel)
-                ranked += islice(((j, 0.0) for j in range(n) if j not in taken), k - len(ranked))
-            out.append(ranked)
-        return out
+    def _scores(self, code: str, positions: np.ndarray) -> np.ndarray:
+        """Exact F of `code` against the entries at `positions`: numpy float64 does rouge_score's
+        IEEE operations in the same order, so the values are bit-identical to `_fmeasure`'s."""
+        if not len(positions):
+            return np.zeros(0)
+        lcs = process.cdist([code], [self._codes[j] for j in positions.tolist()], scorer=LCSseq.similarity,
+                            dtype=np.int32, workers=1)[0]
+        with np.errstate(divide="ignore", invalid="ignore"):
+            precision, recall = lcs / self._lens_np[positions], lcs / len(code)
+            f = 2 * precision * recall / (precision + recall)
+        return np.where(lcs > 0, f, 0.0)
+
+    def _nearest(self, code: str, elements: list[str], k: int) -> Ranked:
+        """The k best entries, exactly. LCS <= o, the tokens (with repeats) two texts share, so
+        F <= 2o/(m+n); o for every entry is one numpy count over the full posting lists. Exact F
+        for the entries with the best bounds gives a k-th best score; only entries whose bound
+        reaches it can be in the top k (typically ~1% of the pool), the others are never scored."""
+        n_pool, m = len(self._codes), len(code)
+        if m == 0:  # no tokens: F = 0 with every entry, so the oldest k
+            return [(j, 0.0) for j in range(min(k, n_pool))]
+        ids = [i for i in map(self._eid.get, elements) if i is not None]
+        o = np.bincount(np.concatenate([np.frombuffer(self._full[i], dtype=np.int32) for i in ids]),
+                        minlength=n_pool) if ids else np.zeros(n_pool, dtype=np.int64)
+        bound = 2 * o / (m + self._lens_np[:n_pool])  # 0 exactly where F = 0 (no shared token)
+        sample = max(2 * k, 32)
+        kth = 0.0
+        if n_pool > sample:
+            top = np.argpartition(-bound, sample - 1)[:sample]
+            kth = np.partition(self._scores(code, top), sample - k)[sample - k]
+        pos = np.flatnonzero(bound >= kth - _SLACK) if kth > 0 else np.flatnonzero(o)
+        f = self._scores(code, pos)
+        order = np.lexsort((pos, -f))[:k]  # best first, ties: earliest added first
+        ranked = list(zip(pos[order].tolist(), f[order].tolist()))
+        if len(ranked) < k:  # fewer than k entries share a token: F = 0, oldest first
+            ranked += [(j, 0.0) for j in np.flatnonzero(o == 0)[: k - len(ranked)].tolist()]
+        return ranked
 
     def _check(self, code: str, elements: list[str], k: int, scan: bool = True) -> tuple[bool, Ranked]:
         hits = self._hits(code, elements)
         if k == 0 or len(hits) >= k or not scan:
             # Any entry outside `hits` scores <= threshold < every hit: these are the top k.
             return not hits, hits[:k]
-        return not hits, self._ranked([code], k)[0]
+        return not hits, self._nearest(code, elements, k)
 
     def _neighbours(self, ranked: Ranked) -> Neighbours:
         return [(self._texts[j], f) for j, f in ranked]
@@ -308,7 +309,7 @@ class NoveltyPool:
 
     def check_and_add(self, text: str, k: int = 5, scan: bool = True) -> tuple[bool, Neighbours]:
         """`check`, then add `text` if it is novel. scan=False: neighbours only from entries above
-        the threshold (all that a dropped text needs), never a full scan."""
+        the threshold (all that a dropped text needs), skipping the search below it."""
         code = self._encode(text)
         elements = self._elements(code)
         novel, ranked = self._check(code, elements, k, scan)
@@ -319,24 +320,8 @@ class NoveltyPool:
 
     def filter_batch(self, texts: list[str], k: int = 5) -> list[tuple[bool, Neighbours]]:
         """`check_and_add` of each text in order: each is checked against the pool and the texts
-        of the batch kept before it. With k > 0 the batch is scored against the pool in one scan,
-        much cheaper than a scan per text."""
-        if k == 0 or len(texts) == 1:
-            return [self.check_and_add(t, k) for t in texts]
-        codes = [self._encode(t) for t in texts]
-        base, results = len(self._codes), []
-        for text, code, ranked in zip(texts, codes, self._ranked(codes, k)):
-            # Entries kept earlier in this batch came after the scan: score them one by one.
-            m = len(code)
-            ranked += [(j, _fmeasure(LCSseq.similarity(code, self._codes[j]), m, self._lens[j]))
-                       for j in range(base, len(self._codes))]
-            ranked.sort(key=_rank_key)
-            novel = not ranked or ranked[0][1] <= self.threshold
-            results.append((novel, self._neighbours(ranked[:k])))
-            if novel:
-                self._append(text, code, self._elements(code))
-        self._maybe_rebuild()
-        return results
+        of the batch kept before it, which are added as they pass."""
+        return [self.check_and_add(t, k) for t in texts]
 
 
 # --- whole datasets and the `sprout dedup` command ----------------------------------------------

@@ -43,6 +43,7 @@ class TrainConfig:
     warmup_ratio: float = 0.03
     schedule: str = "cosine"  # cosine | linear | constant (after warmup)
     max_grad_norm: float = 1.0  # 0 disables clipping
+    max_pass_tokens: int | None = None  # padded tokens per forward pass; None = 2048 on CPU, 0 (no limit) on GPU
     gradient_checkpointing: bool = False
     dtype: str = "auto"  # auto = bf16 on GPUs that support it, fp32 elsewhere
     seed: int = 0
@@ -75,6 +76,8 @@ def check(cfg: TrainConfig) -> TrainConfig:
         raise UserError(f"--epochs must be at least 1, got {cfg.epochs}")
     if cfg.max_steps is not None and cfg.max_steps < 1:
         raise UserError(f"--max-steps must be at least 1, got {cfg.max_steps}")
+    if cfg.max_pass_tokens is not None and cfg.max_pass_tokens < 0:
+        raise UserError(f"--max-pass-tokens must not be negative, got {cfg.max_pass_tokens}")
     non_negative = ["eval_every", "save_every", "keep_checkpoints", "weight_decay", "max_grad_norm", "lora_dropout"]
     for name in non_negative:
         if getattr(cfg, name) < 0:

@@ -1,0 +1,292 @@
+"""Sprout's trainer vs TRL's SFTTrainer (+ peft) on the same job, each in its own subprocess.
+
+Same model (the embedded SmolLM2-135M-Instruct unless --model), same deterministic mixed-length
+instruction data (synthetic Alpaca rows of ~40-400 tokens formatted: reverse / sort / upper-case /
+count words, list squares), same LoRA (r, alpha, dropout, all 7 linear modules), batch size,
+max length, steps, learning rate and linear schedule, fp32, no gradient checkpointing, loss on the
+completion only. TRL's SFTConfig defaults to bf16, gradient checkpointing and lr 2e-5; those are
+set to match. Everything else on the TRL side stays at its defaults (random batch order, padding
+to each batch's longest example, its fused LM head).
+
+Reported per side: tokens/s over the training loop counting all (non-padding) tokens and counting
+supervised tokens, peak RSS of the process (measured right after training, before the eval below),
+the mean training loss of the last 5 steps, and the loss of both tuned models on the same
+held-out set, computed by the same code (the "final loss" compared: per-step training losses
+depend on which examples each side's batch order put in the last steps).
+
+    python benchmarks/train_vs_trl.py                       # default run, ~8 min on 2 cores
+    python benchmarks/train_vs_trl.py --steps 40 --json bench.json
+
+Needs the `bench` extra (trl, psutil): pip install trl   (check it leaves torch/transformers/peft
+alone: pip install --dry-run trl).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import random
+import resource
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT))
+
+WORDS = ("apple river stone cloud garden window mountain silver engine forest candle bridge ocean paper "
+         "market winter signal violet harbor lantern meadow copper thunder pencil island saddle orbit "
+         "marble castle feather planet compass tiger velvet canyon rocket basket mirror desert falcon "
+         "blanket glacier kettle jungle anchor meteor puzzle tunnel walnut zebra").split()
+
+
+# --- data ----------------------------------------------------------------------------------------
+def make_row(rng: random.Random) -> dict:
+    """One synthetic Alpaca row; lengths spread from a few to ~110 words on either side."""
+    task = rng.randrange(5)
+    k = rng.randint(3, 110)
+    words = rng.choices(WORDS, k=k)
+    text = " ".join(words)
+    if task == 0:
+        return {"instruction": "Reverse the order of these words.", "input": text, "output": " ".join(words[::-1])}
+    if task == 1:
+        return {"instruction": f"Sort these words alphabetically: {text}", "input": "", "output": " ".join(sorted(words))}
+    if task == 2:
+        return {"instruction": "Rewrite the text in upper case.", "input": text, "output": text.upper()}
+    if task == 3:
+        return {"instruction": f"How many words are in this text? {text}", "input": "",
+                "output": f"The text has {k} words."}
+    nums = [rng.randint(1, 99) for _ in range(max(1, k // 5))]
+    return {"instruction": "List these numbers with their squares, one per line: " + ", ".join(map(str, nums)),
+            "input": "", "output": "\n".join(f"{n} squared is {n * n}" for n in nums)}
+
+
+def make_rows(n: int, seed: int) -> list[dict]:
+    rng = random.Random(seed)
+    return [make_row(rng) for _ in range(n)]
+
+
+def write_data(work: Path, n_train: int, n_eval: int) -> None:
+    rows, eval_rows = make_rows(n_train, 0), make_rows(n_eval, 1)
+    with open(work / "train.jsonl", "w") as f:  # Sprout: Alpaca rows
+        f.writelines(json.dumps(r) + "\n" for r in rows)
+    with open(work / "train_trl.jsonl", "w") as f:  # TRL: the same rows as conversational prompt-completion
+        for r in rows:
+            user = f"{r['instruction']}\n\n{r['input']}" if r["input"] else r["instruction"]
+            f.write(json.dumps({"prompt": [{"role": "user", "content": user}],
+                                "completion": [{"role": "assistant", "content": r["output"]}]}) + "\n")
+    (work / "eval.json").write_text(json.dumps(eval_rows))
+
+
+# --- measurements shared by both sides -----------------------------------------------------------
+def peak_rss_mb() -> float:
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+
+
+def cpu_seconds() -> float:
+    """CPU time of this process (all threads): a throughput measure that other work on a shared
+    machine disturbs less than wall-clock time does."""
+    r = resource.getrusage(resource.RUSAGE_SELF)
+    return r.ru_utime + r.ru_stime
+
+
+def heldout_loss(model, tok, rows: list[dict], max_length: int) -> float:
+    """Mean token loss on the held-out rows, Sprout's formatting and mask, for either side's model."""
+    import torch
+
+    from trainer.batching import collate
+    from trainer.data import Fields, to_example
+    from trainer.format import Formatter, encode_all
+    from trainer.model import CausalLMLoss
+
+    encoded, _ = encode_all(Formatter(tok), [to_example(r, "eval", Fields()) for r in rows], max_length, "truncate")
+    loss_fn = CausalLMLoss(model)
+    model.eval()
+    total, count = 0.0, 0
+    with torch.no_grad():
+        for i in range(0, len(encoded), 8):
+            s, n = loss_fn(**collate(encoded[i:i + 8], tok.pad_token_id))
+            total, count = total + float(s), count + int(n)
+    return total / count
+
+
+def lora_checksum(model) -> float:
+    """Sum of |w| over the LoRA A matrices: equal on both sides when they start from the same init."""
+    return float(sum(p.detach().abs().sum() for n, p in model.named_parameters() if "lora_A" in n))
+
+
+def lora_config(a):
+    from peft import LoraConfig
+
+    return LoraConfig(r=a.lora_r, lora_alpha=2 * a.lora_r, lora_dropout=0.05, bias="none", task_type="CAUSAL_LM",
+                      target_modules=["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"])
+
+
+# --- the two sides (each runs in its own process) ------------------------------------------------
+def run_ours(a, work: Path) -> dict:
+    from trainer.config import TrainConfig
+    from trainer.train import Hooks, train
+
+    seen, cpu = {}, {}
+
+    def on_step(step, record):
+        if step == a.steps:
+            cpu["end"] = cpu_seconds()
+
+    cfg = TrainConfig(data=str(work / "train.jsonl"), out=str(work / "ours"), model=a.model, max_steps=a.steps,
+                      batch_size=a.batch_size, max_length=a.max_length, lr=a.lr, schedule="linear", warmup_ratio=0.0,
+                      lora_r=a.lora_r, lora_alpha=2 * a.lora_r, lora_dropout=0.05, eval_fraction=0.0, eval_every=0,
+                      save_every=0, progress=False, seed=0, gradient_checkpointing=a.gradient_checkpointing,
+                      overwrite=True)
+    s = train(cfg, Hooks(on_model=lambda m: (seen.update(model=m, init=lora_checksum(m)),
+                                             cpu.update(start=cpu_seconds())), on_step=on_step))
+    rss = peak_rss_mb()
+    losses = [r["loss"] for r in map(json.loads, (work / "ours" / "metrics.jsonl").read_text().splitlines())
+              if "loss" in r]
+    from transformers import AutoTokenizer
+
+    tok = AutoTokenizer.from_pretrained(work / "ours" / "adapter")
+    return {"lora_init_checksum": seen["init"], "train_seconds": s["train_seconds"],
+            "cpu_seconds": cpu["end"] - cpu["start"],
+            "tokens": round(s["tokens_per_s"] * s["train_seconds"]),
+            "supervised_tokens": round(s["supervised_tokens_per_s"] * s["train_seconds"]),
+            "tokens_per_s": s["tokens_per_s"],
+            "supervised_tokens_per_s": s["supervised_tokens_per_s"], "peak_rss_mb": rss, "losses": losses,
+            "heldout_loss": heldout_loss(seen["model"], tok, json.loads((work / "eval.json").read_text()),
+                                         a.max_length)}
+
+
+class CountingCollator:
+    """Wraps TRL's collator to count the tokens its batches carry (the collator runs in-process)."""
+
+    def __init__(self, inner):
+        self.inner, self.tokens, self.supervised = inner, 0, 0
+
+    def __call__(self, features):
+        batch = self.inner(features)
+        self.tokens += int(batch["attention_mask"].sum())
+        self.supervised += int((batch["labels"] != -100).sum())
+        return batch
+
+
+def run_trl(a, work: Path) -> dict:
+    import datasets
+    import torch
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+    from trl import SFTConfig, SFTTrainer
+
+    from generator.models import resolve_model
+
+    from peft import get_peft_model
+
+    path = resolve_model(a.model)
+    tok = AutoTokenizer.from_pretrained(path)
+    # Seed, load, wrap: the same sequence as Sprout's load_student, so both sides start from the
+    # same LoRA initialisation and differ only in batch order and dropout masks.
+    torch.manual_seed(0)
+    model = AutoModelForCausalLM.from_pretrained(path, dtype=torch.float32)
+    model = get_peft_model(model, lora_config(a))
+    ds = datasets.load_dataset("json", data_files=str(work / "train_trl.jsonl"), split="train")
+    args = SFTConfig(
+        output_dir=str(work / "trl"), max_steps=a.steps, per_device_train_batch_size=a.batch_size,
+        gradient_accumulation_steps=1, learning_rate=a.lr, lr_scheduler_type="linear", warmup_steps=0,
+        weight_decay=0.0, max_grad_norm=1.0, max_length=a.max_length, completion_only_loss=True, packing=False,
+        bf16=False, fp16=False, gradient_checkpointing=a.gradient_checkpointing, use_cpu=True, seed=0,
+        logging_steps=1, save_strategy="no", report_to="none", disable_tqdm=True, dataloader_num_workers=0)
+    trainer = SFTTrainer(model=model, args=args, train_dataset=ds, processing_class=tok)
+    init = lora_checksum(model)
+    counter = CountingCollator(trainer.data_collator)
+    trainer.data_collator = counter
+    cpu0 = cpu_seconds()
+    result = trainer.train()
+    cpu1 = cpu_seconds()
+    rss = peak_rss_mb()
+    secs = result.metrics["train_runtime"]
+    losses = [h["loss"] for h in trainer.state.log_history if "loss" in h]
+    return {"lora_init_checksum": init, "train_seconds": secs, "cpu_seconds": cpu1 - cpu0, "tokens": counter.tokens,
+            "supervised_tokens": counter.supervised, "tokens_per_s": counter.tokens / secs,
+            "supervised_tokens_per_s": counter.supervised / secs, "peak_rss_mb": rss, "losses": losses,
+            "heldout_loss": heldout_loss(trainer.model, tok, json.loads((work / "eval.json").read_text()),
+                                         a.max_length)}
+
+
+# --- driver --------------------------------------------------------------------------------------
+def cpu_name() -> str:
+    try:
+        out = subprocess.run(["lscpu"], capture_output=True, text=True).stdout
+        return next(line.split(":", 1)[1].strip() for line in out.splitlines() if line.startswith("Model name"))
+    except Exception:
+        return platform.processor() or "unknown"
+
+
+def main() -> int:
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    p.add_argument("--steps", type=int, default=16)
+    p.add_argument("--batch-size", type=int, default=8)
+    p.add_argument("--max-length", type=int, default=512)
+    p.add_argument("--lora-r", type=int, default=16)
+    p.add_argument("--lr", type=float, default=2e-4)
+    p.add_argument("--gradient-checkpointing", action="store_true", help="on for both sides (default off for both)")
+    p.add_argument("--model", default=None, help="default: the embedded SmolLM2-135M-Instruct")
+    p.add_argument("--eval-rows", type=int, default=48)
+    p.add_argument("--order", default="ours,trl", help="which side runs first")
+    p.add_argument("--json", help="also write the figures here")
+    p.add_argument("--side", choices=["ours", "trl"], help=argparse.SUPPRESS)  # child process
+    p.add_argument("--work", help=argparse.SUPPRESS)
+    a = p.parse_args()
+
+    if a.side:  # child: run one side, print its JSON on the last line
+        result = (run_ours if a.side == "ours" else run_trl)(a, Path(a.work))
+        print("RESULT " + json.dumps(result), flush=True)
+        return 0
+
+    work = Path(tempfile.mkdtemp(prefix="sprout-bench-"))
+    write_data(work, a.steps * a.batch_size, a.eval_rows)  # one epoch: every row seen once
+    results = {}
+    for side in a.order.split(","):
+        cmd = [sys.executable, __file__, "--side", side, "--work", str(work)] + sys.argv[1:]
+        t0 = time.time()
+        proc = subprocess.run(cmd, capture_output=True, text=True, cwd=ROOT, env={**os.environ})
+        if proc.returncode != 0:
+            print(proc.stdout[-3000:], proc.stderr[-5000:], file=sys.stderr)
+            return 1
+        line = next(ln for ln in reversed(proc.stdout.splitlines()) if ln.startswith("RESULT "))
+        results[side] = {**json.loads(line[7:]), "process_seconds": round(time.time() - t0, 1),
+                         "load_average_after": round(os.getloadavg()[0], 2)}
+        print(f"{side}: done in {results[side]['process_seconds']} s", file=sys.stderr, flush=True)
+
+    ours, trl = results["ours"], results["trl"]
+    for r in (ours, trl):
+        r["last5_train_loss"] = sum(r["losses"][-5:]) / len(r["losses"][-5:])
+        r["supervised_tokens_per_cpu_s"] = r["supervised_tokens"] / r["cpu_seconds"]
+    rows = [("tokens/s (all)", "tokens_per_s", "{:.0f}"), ("tokens/s (supervised)", "supervised_tokens_per_s", "{:.0f}"),
+            ("supervised tokens per CPU-second", "supervised_tokens_per_cpu_s", "{:.1f}"),
+            ("train loop seconds", "train_seconds", "{:.1f}"), ("peak RSS MB", "peak_rss_mb", "{:.0f}"),
+            ("train loss, mean of last 5 steps", "last5_train_loss", "{:.4f}"),
+            ("held-out loss after training", "heldout_loss", "{:.4f}")]
+    print(f"\nmachine: {os.cpu_count()} cores, {cpu_name()}; torch threads default; model "
+          f"{a.model or 'SmolLM2-135M-Instruct (embedded)'}; 1-min load average after each side: "
+          f"Sprout {ours['load_average_after']}, TRL {trl['load_average_after']}")
+    print(f"job: {a.steps} steps x batch {a.batch_size}, max_length {a.max_length}, LoRA r={a.lora_r} "
+          f"alpha={2 * a.lora_r} on q,k,v,o,gate,up,down, lr {a.lr} linear, fp32, "
+          f"gradient checkpointing {'on' if a.gradient_checkpointing else 'off'} (both)\n")
+    print(f"{'':34} {'Sprout':>10} {'TRL':>10} {'Sprout/TRL':>11}")
+    for label, key, fmt in rows:
+        print(f"{label:34} {fmt.format(ours[key]):>10} {fmt.format(trl[key]):>10} {ours[key] / trl[key]:>10.3f}x")
+    speed = ours["supervised_tokens_per_s"] / trl["supervised_tokens_per_s"]
+    mem = ours["peak_rss_mb"] / trl["peak_rss_mb"]
+    loss = abs(ours["heldout_loss"] / trl["heldout_loss"] - 1)
+    print(f"\ntarget: supervised tokens/s >= 1.5x TRL: {speed:.2f}x {'PASS' if speed >= 1.5 else 'FAIL'}; "
+          f"peak RSS <= TRL: {mem:.2f}x {'PASS' if mem <= 1 else 'FAIL'}; "
+          f"held-out loss within 2%: {loss * 100:.2f}% {'PASS' if loss <= 0.02 else 'FAIL'}")
+    if a.json:
+        Path(a.json).write_text(json.dumps({"args": vars(a), "cpu": cpu_name(), "results": results}, indent=2))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

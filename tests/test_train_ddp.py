@@ -1,0 +1,95 @@
+"""The distributed path: `torchrun --nproc-per-node 2` on CPU (gloo) runs the unchanged trainer.
+
+Both ranks must end with the same LoRA weights, and those must equal a single process that takes
+the same global batch as gradient accumulation (2 ranks x batch 2 == 1 process x batch 2 x
+accumulation 2: the step plan gives both the same micro-batches). This file is also the worker
+script torchrun starts (see the __main__ block).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+def config(data: str, out: str, model: str, **kw):
+    from trainer.config import TrainConfig
+
+    base = dict(data=data, out=out, model=model, max_length=48, lora_r=4, lora_alpha=8, lora_dropout=0.0,
+                batch_size=2, grad_accum=1, max_steps=2, eval_fraction=0.2, eval_every=0, save_every=1,
+                warmup_ratio=0.0, lr=1e-3, progress=False)
+    return TrainConfig(**{**base, **kw})
+
+
+def lora_weights(model) -> dict:
+    return {n: p.detach().clone() for n, p in model.named_parameters() if "lora_" in n}
+
+
+def worker(data: str, out: str, model: str) -> None:
+    """One torchrun process: train, then leave this rank's LoRA weights beside the outputs."""
+    from trainer.train import Hooks, train
+
+    seen = {}
+    train(config(data, out, model), Hooks(on_model=lambda m: seen.update(model=m)))
+    torch.save(lora_weights(seen["model"]), Path(out) / f"lora-rank{os.environ['RANK']}.pt")
+
+
+@pytest.fixture(scope="module")
+def student(embedded_model, tmp_path_factory) -> str:
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    path = tmp_path_factory.mktemp("student2")
+    AutoModelForCausalLM.from_pretrained(embedded_model, num_hidden_layers=2, dtype=torch.float32).save_pretrained(path)
+    AutoTokenizer.from_pretrained(embedded_model).save_pretrained(path)
+    return str(path)
+
+
+def test_two_process_gloo_run_agrees_with_single_process(student, tmp_path):
+    from generator.server import free_port
+    from trainer.train import Hooks, train
+
+    from tests.test_train import make_rows
+
+    data = tmp_path / "data.jsonl"
+    data.write_text("".join(json.dumps(r) + "\n" for r in make_rows(20, seed=1)))
+    out = tmp_path / "ddp"
+    env = {**os.environ, "PYTHONPATH": str(ROOT), "OMP_NUM_THREADS": "1"}
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc-per-node", "2", "--master-addr", "127.0.0.1",
+           "--master-port", str(free_port()), __file__, str(data), str(out), student]
+    proc = subprocess.run(cmd, cwd=ROOT, env=env, capture_output=True, text=True, timeout=600)
+    assert proc.returncode == 0, proc.stderr[-4000:]
+
+    w0, w1 = torch.load(out / "lora-rank0.pt"), torch.load(out / "lora-rank1.pt")
+    assert w0.keys() == w1.keys() and len(w0) == 28
+    for n in w0:
+        assert torch.equal(w0[n], w1[n]), n  # DDP keeps the replicas identical
+    assert any(w0[n].abs().sum() > 0 for n in w0 if "lora_B" in n)  # and they trained
+
+    summary = json.loads((out / "summary.json").read_text())
+    assert summary["processes"] == 2 and summary["steps"] == 2 and summary["eval_loss"] is not None
+    assert (out / "adapter" / "adapter_model.safetensors").is_file()
+    state = json.loads((out / "checkpoints" / "step-000001" / "state.json").read_text())
+    assert state["world_size"] == 2
+    assert {p.name for p in (out / "checkpoints" / "step-000001").glob("rng-rank*.pt")} == {"rng-rank0.pt",
+                                                                                          "rng-rank1.pt"}
+
+    # The same global batch in one process, by accumulation: same weights up to float rounding.
+    seen = {}
+    single = train(config(str(data), str(tmp_path / "single"), student, grad_accum=2),
+                   Hooks(on_model=lambda m: seen.update(model=m)))
+    ws = lora_weights(seen["model"])
+    for n in w0:
+        torch.testing.assert_close(w0[n], ws[n], rtol=1e-4, atol=1e-6)
+    assert single["eval_loss"] == pytest.approx(summary["eval_loss"], rel=1e-5)
+
+
+if __name__ == "__main__":
+    worker(*sys.argv[1:4])

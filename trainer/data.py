@@ -1,0 +1,217 @@
+"""Reading an instruction dataset from disk into `Example`s, rejecting bad rows with a UserError
+that names the file, the row (the line, for JSONL) and the field.
+
+Accepted inputs (the dataset on disk is the contract with the generator):
+  * a Sprout run directory or export folder: a folder holding `data.jsonl`;
+  * a Hugging Face `datasets` folder written by `save_to_disk` (a DatasetDict uses its `train`);
+  * a folder holding exactly one .jsonl / .json / .parquet file;
+  * a .jsonl, .json (a list of records) or .parquet file.
+Each record is either Alpaca-style (`instruction`, optional `input`, `output`) or chat-style
+(`messages`: a list of {role, content}; ShareGPT's {from, value} with human/gpt is mapped too).
+`Fields` renames the columns for datasets that call them something else.
+"""
+
+from __future__ import annotations
+
+import json
+import random
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+from generator.errors import UserError
+
+ROLES = ("system", "user", "assistant", "tool")
+SHAREGPT_ROLES = {"human": "user", "gpt": "assistant", "system": "system", "user": "user", "assistant": "assistant"}
+DATA_SUFFIXES = (".jsonl", ".json", ".parquet")
+
+
+@dataclass(frozen=True)
+class Fields:
+    instruction: str = "instruction"
+    input: str = "input"
+    output: str = "output"
+    messages: str = "messages"
+
+
+@dataclass
+class Example:
+    """One training conversation. Alpaca rows keep their three parts in `alpaca` so a student
+    without a chat template gets the classic Alpaca prompt (with its `### Input:` section)."""
+
+    messages: list[dict]
+    where: str  # "FILE line N" / "FILE row N", for errors found later (formatting)
+    alpaca: tuple[str, str, str] | None = None
+
+
+def _type_name(value) -> str:
+    return "null" if value is None else type(value).__name__
+
+
+def _rows(path: Path) -> Iterator[tuple[str, object]]:
+    """(location, raw record) pairs from any accepted input."""
+    if not path.exists():
+        raise UserError(f"{path}: no such file or folder")
+    if path.is_dir():
+        if _is_hf_folder(path) and not (path / "data.jsonl").is_file():
+            yield from _hf_rows(path)
+        else:
+            yield from _rows(_data_file_in(path))
+        return
+    suffix = path.suffix.lower()
+    if suffix == ".jsonl":
+        yield from _jsonl_rows(path)
+    elif suffix == ".json":
+        yield from _json_rows(path)
+    elif suffix == ".parquet":
+        yield from _parquet_rows(path)
+    else:
+        raise UserError(f"{path}: unsupported file type {suffix or '(none)'}; use .jsonl, .json, .parquet "
+                        "or a folder (Sprout run, HF datasets save_to_disk)")
+
+
+def _is_hf_folder(path: Path) -> bool:
+    return any((path / name).is_file() for name in ("dataset_dict.json", "state.json", "dataset_info.json"))
+
+
+def _data_file_in(folder: Path) -> Path:
+    if (folder / "data.jsonl").is_file():  # a Sprout run directory or export
+        return folder / "data.jsonl"
+    files = sorted(p for p in folder.iterdir() if p.is_file() and p.suffix.lower() in DATA_SUFFIXES)
+    if len(files) == 1:
+        return files[0]
+    if not files:
+        raise UserError(f"{folder}: no data.jsonl, no HF datasets folder and no .jsonl/.json/.parquet file inside")
+    raise UserError(f"{folder}: several data files ({', '.join(p.name for p in files)}); pass one of them as --data")
+
+
+def _jsonl_rows(path: Path) -> Iterator[tuple[str, object]]:
+    with path.open(encoding="utf-8") as f:
+        for n, line in enumerate(f, 1):
+            if not line.strip():
+                continue
+            try:
+                yield f"{path} line {n}", json.loads(line)
+            except json.JSONDecodeError as e:
+                raise UserError(f"{path} line {n}: not valid JSON ({e.msg} at column {e.colno})") from None
+
+
+def _json_rows(path: Path) -> Iterator[tuple[str, object]]:
+    text = path.read_text(encoding="utf-8")
+    try:
+        data = json.loads(text)
+    except json.JSONDecodeError as e:
+        if e.msg == "Extra data":  # JSON lines saved with a .json name (datasets' to_json does this)
+            yield from _jsonl_rows(path)
+            return
+        raise UserError(f"{path}: not valid JSON ({e.msg} at line {e.lineno} column {e.colno})") from None
+    if isinstance(data, dict):  # {"train": [...]} or {"data": [...]}: one list-valued key
+        lists = [v for v in data.values() if isinstance(v, list)]
+        data = lists[0] if len(lists) == 1 else data
+    if not isinstance(data, list):
+        raise UserError(f"{path}: expected a JSON list of records, got a {_type_name(data)}")
+    for n, record in enumerate(data, 1):
+        yield f"{path} row {n}", record
+
+
+def _parquet_rows(path: Path) -> Iterator[tuple[str, object]]:
+    import pyarrow.parquet as pq
+
+    try:
+        table = pq.read_table(path)
+    except Exception as e:  # pyarrow raises several types for a damaged file
+        raise UserError(f"{path}: not a readable parquet file ({e})") from None
+    for n, record in enumerate(table.to_pylist(), 1):
+        yield f"{path} row {n}", record
+
+
+def _hf_rows(folder: Path) -> Iterator[tuple[str, object]]:
+    import datasets
+
+    try:
+        ds = datasets.load_from_disk(str(folder))
+    except Exception as e:  # datasets raises FileNotFoundError / ValueError / ... for a bad folder
+        raise UserError(f"{folder}: not a readable HF datasets folder ({e})") from None
+    if isinstance(ds, datasets.DatasetDict):
+        split = "train" if "train" in ds else next(iter(ds), None)
+        if split is None:
+            raise UserError(f"{folder}: the DatasetDict has no splits")
+        ds, folder = ds[split], folder / split
+    for n, record in enumerate(ds, 1):
+        yield f"{folder} row {n}", record
+
+
+def _text(record: dict, key: str, where: str, required: bool) -> str:
+    value = record.get(key)
+    if value is None and not required:
+        return ""
+    if key not in record:
+        raise UserError(f"{where}: missing field {key!r} (fields present: {', '.join(map(str, record)) or 'none'})")
+    if not isinstance(value, str):
+        raise UserError(f"{where}: field {key!r}: expected a string, got {_type_name(value)}")
+    if required and not value.strip():
+        raise UserError(f"{where}: field {key!r} is empty")
+    return value
+
+
+def _messages(value, key: str, where: str) -> list[dict]:
+    if not isinstance(value, list) or not value:
+        got = "an empty list" if isinstance(value, list) else _type_name(value)
+        raise UserError(f"{where}: field {key!r}: expected a non-empty list of {{role, content}}, got {got}")
+    messages = []
+    for i, m in enumerate(value):
+        at = f"{where}: field {key!r}[{i}]"
+        if not isinstance(m, dict):
+            raise UserError(f"{at}: expected an object with role and content, got {_type_name(m)}")
+        if "role" in m:
+            role, content = m.get("role"), m.get("content")
+        elif "from" in m:  # ShareGPT
+            role, content = SHAREGPT_ROLES.get(m.get("from"), m.get("from")), m.get("value")
+        else:
+            raise UserError(f"{at}: missing 'role' (or ShareGPT 'from')")
+        if role not in ROLES:
+            raise UserError(f"{at}: role {role!r} is not one of {', '.join(ROLES)}")
+        if not isinstance(content, str):
+            raise UserError(f"{at}: content: expected a string, got {_type_name(content)}")
+        messages.append({"role": role, "content": content})
+    if not any(m["role"] == "assistant" and m["content"].strip() for m in messages):
+        raise UserError(f"{where}: field {key!r}: no non-empty assistant turn to learn from")
+    return messages
+
+
+def to_example(record, where: str, fields: Fields) -> Example:
+    if not isinstance(record, dict):
+        raise UserError(f"{where}: expected a record (JSON object), got {_type_name(record)}")
+    if fields.messages in record:
+        return Example(_messages(record[fields.messages], fields.messages, where), where)
+    if fields.instruction not in record and fields.output not in record:
+        raise UserError(
+            f"{where}: no {fields.messages!r} field and no {fields.instruction!r}/{fields.output!r} fields "
+            f"(fields present: {', '.join(map(str, record)) or 'none'}); map your columns with "
+            "--instruction-field/--input-field/--output-field or --messages-field")
+    instruction = _text(record, fields.instruction, where, required=True)
+    extra = _text(record, fields.input, where, required=False)
+    output = _text(record, fields.output, where, required=True)
+    user = f"{instruction}\n\n{extra}" if extra.strip() else instruction
+    messages = [{"role": "user", "content": user}, {"role": "assistant", "content": output}]
+    return Example(messages, where, alpaca=(instruction, extra, output))
+
+
+def load_examples(path: str | Path, fields: Fields = Fields()) -> list[Example]:
+    """Every record of `path` as an Example; the first bad record raises a UserError."""
+    path = Path(path).expanduser()
+    examples = [to_example(record, where, fields) for where, record in _rows(path)]
+    if not examples:
+        raise UserError(f"{path}: no examples (empty dataset)")
+    return examples
+
+
+def split_eval(examples: list[Example], fraction: float, seed: int) -> tuple[list[Example], list[Example]]:
+    """Hold out `fraction` of the examples (at least one when fraction > 0), chosen by `seed`."""
+    if fraction <= 0 or len(examples) < 2:
+        return examples, []
+    n_eval = min(len(examples) - 1, max(1, round(len(examples) * fraction)))
+    order = list(range(len(examples)))
+    random.Random(seed).shuffle(order)
+    held = set(order[:n_eval])
+    return ([e for i, e in enumerate(examples) if i not in held], [e for i, e in enumerate(examples) if i in held])

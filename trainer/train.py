@@ -1,0 +1,386 @@
+"""`sprout train`: LoRA-tune a student model on an instruction dataset.
+
+    sprout train --data runs/gen1 --out runs/train1 [--model M] [--max-steps N] [--config train.yaml]
+
+One training routine, top to bottom in `train()`: read and validate the data, load the student
+and wrap it with LoRA (peft), tokenize with the loss on responses + end-of-turn tokens only
+(trainer/format.py), then AdamW over length-grouped batches (trainer/batching.py) with warmup and
+a cosine / linear / constant schedule, gradient clipping and gradient accumulation whose loss is
+normalised by the supervised tokens of the whole accumulated batch. Eval loss every
+--eval-every steps, resumable checkpoints every --save-every steps (--resume continues exactly),
+a NaN / inf loss stops the run with a message.
+
+Writes OUT/adapter/ (PEFT adapter + tokenizer, loadable by `PeftModel.from_pretrained` and vLLM's
+--lora-modules), OUT/train_config.yaml, OUT/metrics.jsonl, OUT/loss.png, OUT/summary.json,
+OUT/checkpoints/, OUT/tensorboard/ (when tensorboard is installed) and, with --merge, OUT/merged/.
+
+Several GPUs or machines: launch the same command with `torchrun` or `accelerate launch` (see
+trainer/dist.py); each process takes its share of every step's micro-batches (DDP), rank 0 writes.
+--batch-size is per process, so the effective batch is batch-size x grad-accum x processes.
+
+On CPU training runs in fp32 (bf16 autocast there is 10-40x slower). glibc's allocator returns
+and re-maps the large activation buffers on every step; keeping them mapped helps CPU speed:
+    MALLOC_MMAP_MAX_=0 MALLOC_TRIM_THRESHOLD_=100000000000 sprout train ...
+"""
+
+from __future__ import annotations
+
+import argparse
+import math
+import sys
+import time
+from contextlib import nullcontext
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Callable
+
+from generator.errors import UserError
+from trainer.config import DTYPES, OVERLONG, SCHEDULES, TrainConfig, check
+
+OUTPUTS = ("adapter", "merged", "checkpoints", "tensorboard", "metrics.jsonl", "summary.json", "loss.png",
+           "train_config.yaml")
+
+
+class TrainingDiverged(UserError):
+    """The loss or the gradient norm became NaN or infinite."""
+
+
+@dataclass
+class Hooks:
+    """Small seams for tests and embedding callers; the loop works the same without them."""
+
+    on_model: Callable | None = None  # (peft model) before the first step: inspect, add forward hooks
+    on_step: Callable | None = None  # (step, record) after each optimizer step: may raise to stop
+
+
+def lr_factor(schedule: str, warmup: int, total: int) -> Callable[[int], float]:
+    """Multiplier of the peak lr for optimizer step `s` (0-based). Warmup starts above 0 so the
+    first step already learns (with tiny runs a zero-lr step would be wasted)."""
+
+    def factor(s: int) -> float:
+        if s < warmup:
+            return (s + 1) / (warmup + 1)
+        progress = (s - warmup) / max(1, total - warmup)
+        if schedule == "cosine":
+            return 0.5 * (1.0 + math.cos(math.pi * progress))
+        if schedule == "linear":
+            return 1.0 - progress
+        return 1.0
+
+    return factor
+
+
+def accumulate(step_fn, micro_batches: list[dict], n_supervised: int, info=None) -> float:
+    """Forward + backward over this rank's micro-batches of one optimizer step.
+
+    Each micro-batch's summed token loss is divided by `n_supervised`, the supervised tokens of the
+    *whole* step (all micro-batches, all ranks): the gradients then equal those of one big batch,
+    whatever the split. DDP averages gradients over ranks, so the loss is scaled by the world size
+    to turn that average back into the sum. Returns this rank's summed (not averaged) token loss."""
+    world = info.world if info is not None else 1
+    total = 0.0
+    for i, batch in enumerate(micro_batches):
+        last = i == len(micro_batches) - 1
+        sync = step_fn.no_sync() if world > 1 and not last else nullcontext()  # all-reduce once per step
+        with sync:
+            loss_sum, _ = step_fn(**batch)
+            (loss_sum * (world / n_supervised)).backward()
+        total = total + loss_sum.detach()
+    return float(total)
+
+
+def evaluate(loss_fn, encoded: list, batch_size: int, pad_id: int, info) -> float:
+    """Mean token loss over `encoded` (batches sorted by length, shared out over ranks)."""
+    import torch
+
+    from trainer import dist
+    from trainer.batching import collate
+
+    order = sorted(range(len(encoded)), key=lambda i: len(encoded[i].input_ids))
+    batches = [order[b:b + batch_size] for b in range(0, len(order), batch_size)]
+    loss_fn.model.eval()  # dropout off
+    total, count = 0.0, 0
+    with torch.no_grad():
+        for b in batches[info.rank::info.world]:
+            batch = {k: v.to(info.device) for k, v in collate([encoded[i] for i in b], pad_id).items()}
+            s, n = loss_fn(**batch)
+            total, count = total + float(s), count + int(n)
+    loss_fn.model.train()
+    total, count = dist.sum_all(info, total, count)
+    return total / max(count, 1)
+
+
+def _prepare_out(cfg: TrainConfig, out: Path, info) -> None:
+    from trainer import checkpoint, dist
+
+    existing = [name for name in OUTPUTS if (out / name).exists()]
+    if cfg.resume:
+        if not checkpoint.checkpoint_dirs(out):
+            raise UserError(f"--resume: no checkpoint under {out / 'checkpoints'}; "
+                            "checkpoints are written every --save-every steps")
+    elif existing and not cfg.overwrite:
+        raise UserError(f"{out}: already holds a training run ({', '.join(existing)}); pass --resume to continue "
+                        "it, --overwrite to replace it, or choose another --out")
+    dist.barrier(info)  # every rank has checked before rank 0 deletes anything
+    if info.main:
+        if existing and not cfg.resume:
+            import shutil
+
+            for name in existing:
+                p = out / name
+                shutil.rmtree(p) if p.is_dir() else p.unlink()
+        out.mkdir(parents=True, exist_ok=True)
+    dist.barrier(info)
+
+
+def train(cfg: TrainConfig, hooks: Hooks | None = None) -> dict:
+    """Run one training job; returns the summary (also written to OUT/summary.json by rank 0)."""
+    from trainer import dist
+
+    cfg, hooks = check(cfg), hooks or Hooks()
+    info = dist.setup()
+    try:
+        return _train(cfg, hooks, Path(cfg.out).expanduser(), info)
+    finally:
+        dist.teardown(info)
+
+
+def _train(cfg: TrainConfig, hooks: Hooks, out: Path, info) -> dict:
+    import json
+    import random
+
+    import numpy as np
+    import torch
+    import yaml
+    from tqdm import tqdm
+
+    from generator.config import to_dict
+    from generator.models import resolve_model
+    from trainer import checkpoint, dist
+    from trainer.batching import StepPlan, collate, split_by_tokens
+    from trainer.data import Fields, load_examples, split_eval
+    from trainer.format import Formatter, encode_all
+    from trainer.metrics import MetricsLog, peak_memory_mb, plot_loss, read_metrics
+    from trainer.model import CausalLMLoss, load_student, pick_dtype
+
+    def say(msg: str) -> None:
+        if info.main:
+            print(msg, file=sys.stderr, flush=True)
+
+    # --- data first: a bad file fails in a second, before the model loads ---------------------
+    _prepare_out(cfg, out, info)
+    fields = Fields(cfg.instruction_field, cfg.input_field, cfg.output_field, cfg.messages_field)
+    examples = load_examples(cfg.data, fields)
+    if cfg.eval_data:
+        train_ex, eval_ex = examples, load_examples(cfg.eval_data, fields)
+    else:
+        train_ex, eval_ex = split_eval(examples, cfg.eval_fraction, cfg.seed)
+
+    # --- student + LoRA -------------------------------------------------------------------------
+    device = info.device
+    dtype = pick_dtype(cfg.dtype, device)
+    random.seed(cfg.seed)
+    np.random.seed(cfg.seed)
+    torch.manual_seed(cfg.seed)  # identical LoRA init on every rank
+    model, tok, stop_ids = load_student(
+        resolve_model(cfg.model), device, dtype, lora_r=cfg.lora_r, lora_alpha=cfg.lora_alpha,
+        lora_dropout=cfg.lora_dropout, target_modules=cfg.target_modules,
+        gradient_checkpointing=cfg.gradient_checkpointing)
+    torch.manual_seed(cfg.seed + info.rank)  # dropout masks differ per rank, as they would on one big batch
+
+    formatter = Formatter(tok, cfg.system_prompt, stop_ids)
+    train_enc, stats = encode_all(formatter, train_ex, cfg.max_length, cfg.overlong)
+    eval_enc, eval_stats = encode_all(formatter, eval_ex, cfg.max_length, cfg.overlong)
+    if not train_enc:
+        raise UserError(f"{cfg.data}: all {stats.total} training examples are longer than --max-length "
+                        f"{cfg.max_length} tokens; raise --max-length or use --overlong truncate")
+
+    lengths = [len(e.input_ids) for e in train_enc]
+    plan = StepPlan(lengths, cfg.batch_size, cfg.grad_accum, info.world, cfg.seed)
+    # CPU memory is the usual limit there: by default a forward pass takes at most 2048 tokens.
+    pass_tokens = cfg.max_pass_tokens if cfg.max_pass_tokens is not None else (2048 if device.type == "cpu" else 0)
+    total = cfg.max_steps or cfg.epochs * plan.steps_per_epoch
+    params = [p for p in model.parameters() if p.requires_grad]
+    optimizer = torch.optim.AdamW(params, lr=cfg.lr, weight_decay=cfg.weight_decay)
+    scheduler = torch.optim.lr_scheduler.LambdaLR(
+        optimizer, lr_factor(cfg.schedule, round(cfg.warmup_ratio * total), total))
+    autocast = torch.bfloat16 if dtype == torch.bfloat16 and device.type == "cuda" else None
+    loss_fn = CausalLMLoss(model, autocast_dtype=autocast)
+    step_fn = loss_fn
+    if info.active:
+        step_fn = torch.nn.parallel.DistributedDataParallel(
+            loss_fn, device_ids=[device.index] if device.type == "cuda" else None)
+
+    start = 0
+    if cfg.resume:
+        ckpt = checkpoint.checkpoint_dirs(out)[-1]
+        start = checkpoint.load(ckpt, info, model, optimizer, scheduler)["step"]
+        say(f"resuming from {ckpt} (step {start})")
+    n_trainable = sum(p.numel() for p in params)
+    say(f"train: {len(train_enc)} examples ({stats.truncated} truncated, {stats.dropped} dropped), "
+        f"eval: {len(eval_enc)}; {total} steps x {cfg.batch_size * cfg.grad_accum * info.world} examples; "
+        f"LoRA r={cfg.lora_r} on {','.join(sorted(model.peft_config['default'].target_modules))} "
+        f"({n_trainable / 1e6:.2f}M trainable); {device.type} {str(dtype).replace('torch.', '')}"
+        + (f"; {info.world} processes" if info.active else ""))
+
+    metrics = None
+    if info.main:
+        (out / "train_config.yaml").write_text(yaml.safe_dump(to_dict(cfg), sort_keys=False))
+        metrics = MetricsLog(out, resume_step=start if cfg.resume else None)
+    if hooks.on_model:
+        hooks.on_model(model)
+
+    # --- the loop -------------------------------------------------------------------------------
+    model.train()  # from_pretrained returns eval mode, which would silently switch LoRA dropout off
+    pad_id = tok.pad_token_id
+    train_time, tokens_all, tokens_sup, eval_loss = 0.0, 0, 0, None
+    bar = tqdm(total=total, initial=start, disable=not (info.main and cfg.progress), desc="train",
+               unit="step", dynamic_ncols=True, file=sys.stderr)
+    try:
+        for step in range(start, total):
+            t0 = time.perf_counter()
+            per_rank = plan.step(step)
+            group = [i for micro in per_rank for mb in micro for i in mb]
+            n_sup = sum(train_enc[i].n_supervised for i in group)  # the whole step, all ranks
+            n_tok = sum(len(train_enc[i].input_ids) for i in group)
+            mine = [{k: v.to(device) for k, v in collate([train_enc[i] for i in part], pad_id).items()}
+                    for mb in per_rank[info.rank] for part in split_by_tokens(mb, lengths, pass_tokens)]
+            lr = scheduler.get_last_lr()[0]
+
+            loss = dist.sum_all(info, accumulate(step_fn, mine, n_sup, info))[0] / n_sup
+            norm = torch.nn.utils.clip_grad_norm_(params, cfg.max_grad_norm or float("inf")).item()
+            if not (math.isfinite(loss) and math.isfinite(norm)):
+                what = f"loss {loss}" if not math.isfinite(loss) else f"gradient norm {norm}"
+                raise TrainingDiverged(
+                    f"training stopped at step {step + 1}: {what} (lr {lr:.3g}); the adapter was not saved. "
+                    "Lower --lr, raise --warmup-ratio, check the data, or use --dtype float32"
+                    + ("; resume from the last good checkpoint with --resume" if cfg.save_every else ""))
+            optimizer.step()
+            scheduler.step()
+            optimizer.zero_grad(set_to_none=True)
+
+            dt = time.perf_counter() - t0
+            train_time, tokens_all, tokens_sup = train_time + dt, tokens_all + n_tok, tokens_sup + n_sup
+            record = {"step": step + 1, "epoch": round((step + 1) / plan.steps_per_epoch, 4), "loss": loss,
+                      "lr": lr, "grad_norm": norm, "tokens_per_s": n_tok / dt, "supervised_tokens_per_s": n_sup / dt,
+                      "peak_memory_mb": round(peak_memory_mb(device), 1)}
+            if metrics and ((step + 1) % cfg.log_every == 0 or step + 1 == total):
+                metrics.log(record)
+            bar.update(1)
+            bar.set_postfix(loss=f"{loss:.4f}", tok_s=f"{tokens_all / train_time:.0f}", refresh=False)
+
+            done = step + 1
+            if eval_enc and cfg.eval_every and done % cfg.eval_every == 0 and done < total:
+                eval_loss = evaluate(loss_fn, eval_enc, cfg.batch_size, pad_id, info)
+                if metrics:
+                    metrics.log({"step": done, "eval_loss": eval_loss})
+            if cfg.save_every and done % cfg.save_every == 0 and done < total:
+                checkpoint.save(out, info, done, plan.epoch_of(done), done % plan.steps_per_epoch, model,
+                                optimizer, scheduler, cfg.keep_checkpoints)
+            if hooks.on_step:
+                hooks.on_step(done, record)
+        bar.close()
+
+        # --- outputs (rank 0) ---------------------------------------------------------------
+        if eval_enc:
+            eval_loss = evaluate(loss_fn, eval_enc, cfg.batch_size, pad_id, info)
+            if metrics:
+                metrics.log({"step": total, "eval_loss": eval_loss})
+        summary = {}
+        if info.main:
+            model.save_pretrained(out / "adapter")
+            tok.save_pretrained(out / "adapter")
+            history = read_metrics(out / "metrics.jsonl")
+            losses = [r["loss"] for r in history if "loss" in r]
+            summary = {
+                "steps": total, "epochs": round(total / plan.steps_per_epoch, 4),
+                "final_loss": losses[-1] if losses else None,
+                "eval_loss": eval_loss,
+                "tokens_per_s": tokens_all / train_time if train_time else None,
+                "supervised_tokens_per_s": tokens_sup / train_time if train_time else None,
+                "train_seconds": round(train_time, 2),
+                "peak_memory_mb": round(peak_memory_mb(device), 1),
+                "examples": {"train": len(train_enc), "eval": len(eval_enc),
+                             "truncated": stats.truncated + eval_stats.truncated,
+                             "dropped": stats.dropped + eval_stats.dropped},
+                "processes": info.world, "device": device.type, "dtype": str(dtype).replace("torch.", ""),
+                "model": resolve_model(cfg.model), "adapter": str(out / "adapter"),
+            }
+            (out / "summary.json").write_text(json.dumps(summary, indent=2))
+            plot_loss(out / "metrics.jsonl", out / "loss.png")
+            if cfg.merge:
+                merged = model.merge_and_unload()
+                merged.save_pretrained(out / "merged")
+                tok.save_pretrained(out / "merged")
+            say(f"done: {out / 'adapter'}  final loss {summary['final_loss']:.4f}"
+                + (f"  eval loss {eval_loss:.4f}" if eval_loss is not None else "")
+                + (f"  {summary['tokens_per_s']:.0f} tokens/s" if train_time else ""))
+        dist.barrier(info)
+        return summary
+    finally:
+        bar.close()
+        if metrics:
+            metrics.close()
+
+
+# --- CLI ----------------------------------------------------------------------------------------
+def _csv(value: str) -> list[str]:
+    return [v.strip() for v in value.split(",") if v.strip()]
+
+
+def add_train_args(p: argparse.ArgumentParser) -> None:
+    """Flags of `sprout train`; all default to None so --config and TrainConfig's defaults apply."""
+    d = TrainConfig()
+    g = p.add_argument_group("data")
+    g.add_argument("--data", metavar="PATH", help="run directory, JSONL / JSON / parquet file or HF datasets folder")
+    g.add_argument("--out", metavar="DIR", help="output folder (adapter/, metrics.jsonl, summary.json, ...)")
+    g.add_argument("--eval-data", metavar="PATH", help="separate eval set (default: hold out --eval-fraction)")
+    g.add_argument("--eval-fraction", type=float, help=f"share of --data held out for eval (default {d.eval_fraction})")
+    for name in ("instruction", "input", "output", "messages"):
+        g.add_argument(f"--{name}-field", metavar="COLUMN",
+                       help=f"column holding the {name} (default {name!r})")
+    g.add_argument("--system-prompt", help="system turn added to conversations that have none")
+    g.add_argument("--max-length", type=int, help=f"tokens per example (default {d.max_length})")
+    g.add_argument("--overlong", choices=OVERLONG, help="longer examples: truncate (default) or drop")
+    g = p.add_argument_group("model and LoRA")
+    g.add_argument("--model", help="HF model folder or hub id (default: the embedded SmolLM2-135M-Instruct)")
+    g.add_argument("--lora-r", type=int, help=f"LoRA rank (default {d.lora_r})")
+    g.add_argument("--lora-alpha", type=int, help=f"LoRA alpha (default {d.lora_alpha})")
+    g.add_argument("--lora-dropout", type=float, help=f"LoRA dropout (default {d.lora_dropout})")
+    g.add_argument("--target-modules", type=_csv, metavar="A,B,...",
+                   help="module names to adapt (default: every linear layer of attention and MLP)")
+    g.add_argument("--merge", action="store_true", default=None, help="also write the merged model to OUT/merged/")
+    g = p.add_argument_group("optimisation")
+    g.add_argument("--epochs", type=int, help=f"passes over the data (default {d.epochs})")
+    g.add_argument("--max-steps", type=int, help="optimizer steps (overrides --epochs)")
+    g.add_argument("--batch-size", type=int, help=f"examples per micro-batch and process (default {d.batch_size})")
+    g.add_argument("--grad-accum", type=int, help=f"micro-batches per optimizer step (default {d.grad_accum})")
+    g.add_argument("--lr", type=float, help=f"peak learning rate (default {d.lr})")
+    g.add_argument("--weight-decay", type=float, help=f"AdamW weight decay (default {d.weight_decay})")
+    g.add_argument("--warmup-ratio", type=float, help=f"share of steps warming up (default {d.warmup_ratio})")
+    g.add_argument("--schedule", choices=SCHEDULES, help="lr after warmup (default cosine)")
+    g.add_argument("--max-grad-norm", type=float, help=f"gradient clipping, 0 = off (default {d.max_grad_norm})")
+    g.add_argument("--max-pass-tokens", type=int, metavar="N",
+                   help="split micro-batches into forward passes of at most N padded tokens: less activation "
+                        "memory, same gradients (default 2048 on CPU, 0 = never split, the default on GPU)")
+    g.add_argument("--gradient-checkpointing", action=argparse.BooleanOptionalAction, default=None,
+                   help="recompute activations in backward: less memory, ~30%% slower")
+    g.add_argument("--dtype", choices=DTYPES, help="auto (default): bf16 on GPUs that support it, else fp32")
+    g.add_argument("--seed", type=int, help=f"seed for LoRA init, batch order and dropout (default {d.seed})")
+    g = p.add_argument_group("logging and checkpoints")
+    g.add_argument("--log-every", type=int, help=f"steps between metrics lines (default {d.log_every})")
+    g.add_argument("--eval-every", type=int, help=f"steps between eval losses, 0 = end only (default {d.eval_every})")
+    g.add_argument("--save-every", type=int, help=f"steps between checkpoints, 0 = none (default {d.save_every})")
+    g.add_argument("--keep-checkpoints", type=int, help=f"newest checkpoints kept (default {d.keep_checkpoints})")
+    g.add_argument("--resume", action="store_true", default=None, help="continue from OUT's newest checkpoint")
+    g.add_argument("--overwrite", action="store_true", default=None, help="replace a run already in OUT")
+    g.add_argument("--progress", action=argparse.BooleanOptionalAction, default=None, help="progress bar (default on)")
+    p.set_defaults(func=run_train)
+
+
+def run_train(args: argparse.Namespace) -> int:
+    from generator.config import load_config
+
+    cfg = load_config(TrainConfig, getattr(args, "config", None), vars(args))
+    train(cfg)
+    return 0
