@@ -15,6 +15,7 @@ from __future__ import annotations
 import dataclasses
 import functools
 import json
+import re
 from array import array
 from collections import Counter
 from itertools import chain
@@ -50,9 +51,18 @@ def _stemmer() -> _MemoStemmer:
     return _MemoStemmer()
 
 
+_RUN = re.compile(r"[a-z0-9]+")
+
+
 def tokens(text: str, use_stemmer: bool = False) -> list[str]:
-    """rouge_score's tokens of `text`: lowercase [a-z0-9] runs, Porter stems if asked."""
-    return rouge_tokenize.tokenize(text, _stemmer() if use_stemmer else None)
+    """rouge_score's tokens of `text`: lowercase [a-z0-9] runs, Porter stems if asked.
+
+    Without stemming, rouge_score's lower / substitute / split / validate sequence keeps exactly
+    the [a-z0-9] runs of the lowercased text; one findall gives the same list ~3x faster (the
+    parity tests compare against rouge_score itself)."""
+    if not use_stemmer:
+        return _RUN.findall(text.lower())
+    return rouge_tokenize.tokenize(text, _stemmer())
 
 
 def _fmeasure(lcs: int, m: int, n: int) -> float:
