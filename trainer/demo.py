@@ -120,7 +120,7 @@ Sprout demo finished in {sum(times.values()):.0f} s
   rejections   {out / 'data' / 'rejected.jsonl'}   stats {out / 'data' / 'stats.json'}
   adapter      {train_dir / 'adapter'}  (serve it: sprout serve --lora student={train_dir / 'adapter'})
   training     {train_dir / 'metrics.jsonl'}, {train_dir / 'loss.png'}
-  evaluation   {out / 'eval' / 'report.md'}, {out / 'eval' / 'results.jsonl'}
+  evaluation   {out / 'eval' / 'summary.json'}, {out / 'eval' / 'report.md'}, {out / 'eval' / 'results.jsonl'}
   report       {report}
   reference loss on held-out answers: base {headline['base_reference_loss']} -> student {headline['student_reference_loss']}
   judge win rate of student vs base: {headline['win_rate']} (95% CI {headline['win_rate_ci95']})""")
