@@ -54,7 +54,8 @@ def make_row(rng: random.Random) -> dict:
     if task == 0:
         return {"instruction": "Reverse the order of these words.", "input": text, "output": " ".join(words[::-1])}
     if task == 1:
-        return {"instruction": f"Sort these words alphabetically: {text}", "input": "", "output": " ".join(sorted(words))}
+        return {"instruction": f"Sort these words alphabetically: {text}", "input": "",
+                "output": " ".join(sorted(words))}
     if task == 2:
         return {"instruction": "Rewrite the text in upper case.", "input": text, "output": text.upper()}
     if task == 3:
@@ -249,28 +250,35 @@ def main() -> int:
     results = {}
     for side in a.order.split(","):
         cmd = [sys.executable, __file__, "--side", side, "--work", str(work)] + sys.argv[1:]
-        t0 = time.time()
-        proc = subprocess.run(cmd, capture_output=True, text=True, cwd=ROOT, env={**os.environ})
+        t0, loads = time.time(), []
+        with tempfile.TemporaryFile("w+") as out, tempfile.TemporaryFile("w+") as err:
+            proc = subprocess.Popen(cmd, stdout=out, stderr=err, text=True, cwd=ROOT)
+            while proc.poll() is None:  # sample the machine's load while this side runs
+                loads.append(os.getloadavg()[0])
+                time.sleep(5)
+            out.seek(0), err.seek(0)
+            stdout, stderr = out.read(), err.read()
         if proc.returncode != 0:
-            print(proc.stdout[-3000:], proc.stderr[-5000:], file=sys.stderr)
+            print(stdout[-3000:], stderr[-5000:], file=sys.stderr)
             return 1
-        line = next(ln for ln in reversed(proc.stdout.splitlines()) if ln.startswith("RESULT "))
+        line = next(ln for ln in reversed(stdout.splitlines()) if ln.startswith("RESULT "))
         results[side] = {**json.loads(line[7:]), "process_seconds": round(time.time() - t0, 1),
-                         "load_average_after": round(os.getloadavg()[0], 2)}
+                         "mean_load_average": round(sum(loads) / len(loads), 2)}
         print(f"{side}: done in {results[side]['process_seconds']} s", file=sys.stderr, flush=True)
 
     ours, trl = results["ours"], results["trl"]
     for r in (ours, trl):
         r["last5_train_loss"] = sum(r["losses"][-5:]) / len(r["losses"][-5:])
         r["supervised_tokens_per_cpu_s"] = r["supervised_tokens"] / r["cpu_seconds"]
-    rows = [("tokens/s (all)", "tokens_per_s", "{:.0f}"), ("tokens/s (supervised)", "supervised_tokens_per_s", "{:.0f}"),
+    rows = [("tokens/s (all)", "tokens_per_s", "{:.0f}"),
+            ("tokens/s (supervised)", "supervised_tokens_per_s", "{:.0f}"),
             ("supervised tokens per CPU-second", "supervised_tokens_per_cpu_s", "{:.1f}"),
             ("train loop seconds", "train_seconds", "{:.1f}"), ("peak RSS MB", "peak_rss_mb", "{:.0f}"),
             ("train loss, mean of last 5 steps", "last5_train_loss", "{:.4f}"),
             ("held-out loss after training", "heldout_loss", "{:.4f}")]
     print(f"\nmachine: {os.cpu_count()} cores, {cpu_name()}; torch threads default; model "
-          f"{a.model or 'SmolLM2-135M-Instruct (embedded)'}; 1-min load average after each side: "
-          f"Sprout {ours['load_average_after']}, TRL {trl['load_average_after']}")
+          f"{a.model or 'SmolLM2-135M-Instruct (embedded)'}; mean 1-min load average while each side ran: "
+          f"Sprout {ours['mean_load_average']}, TRL {trl['mean_load_average']} (2.0 = both cores busy)")
     print(f"job: {a.steps} steps x batch {a.batch_size}, max_length {a.max_length}, LoRA r={a.lora_r} "
           f"alpha={2 * a.lora_r} on q,k,v,o,gate,up,down, lr {a.lr} linear, fp32, "
           f"gradient checkpointing {'on' if a.gradient_checkpointing else 'off'} (both)\n")

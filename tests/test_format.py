@@ -67,7 +67,8 @@ def test_golden_mask_is_response_plus_end_of_turn(tok):
 
 
 def test_input_field_goes_into_the_user_turn_not_the_loss(tok):
-    enc = Formatter(tok).encode(ex({"instruction": "Translate to French.", "input": "Good morning", "output": "Bonjour"}))
+    record = {"instruction": "Translate to French.", "input": "Good morning", "output": "Bonjour"}
+    enc = Formatter(tok).encode(ex(record))
     text = tok.decode(enc.input_ids)
     assert "<|im_start|>user\nTranslate to French.\n\nGood morning<|im_end|>" in text
     assert tok.decode(supervised(enc)) == "Bonjour<|im_end|>"
@@ -128,7 +129,8 @@ def test_template_without_end_token_gets_eos_inserted(plain_tok):
     record = {"messages": [{"role": "user", "content": "one"}, {"role": "assistant", "content": "  two  "},
                            {"role": "user", "content": "three"}, {"role": "assistant", "content": "four"}]}
     enc = Formatter(plain_tok).encode(ex(record))
-    assert plain_tok.decode(enc.input_ids) == "user: one\nassistant: two<|im_end|>\nuser: three\nassistant: four<|im_end|>\n"
+    assert plain_tok.decode(enc.input_ids) == ("user: one\nassistant: two<|im_end|>\n"
+                                               "user: three\nassistant: four<|im_end|>\n")
     # "Ġtwo" straddles the template's space and the response: a token that overlaps the response
     # is supervised (dropping it would lose the response's first token).
     assert [plain_tok.decode(r) for r in runs(enc)] == [" two<|im_end|>", " four<|im_end|>"]

@@ -163,10 +163,22 @@ def test_grad_accumulation_matches_one_big_batch(student, data_file):
     for a, b in zip(g_one, g_acc):
         torch.testing.assert_close(a, b, rtol=1e-4, atol=1e-6)
     # And it is the mean over supervised tokens, not a mean of per-batch means.
-    per_batch = [accumulate(loss_fn, [collate(encoded[i:i + 2], tok.pad_token_id)],
-                            sum(e.n_supervised for e in encoded[i:i + 2])) / sum(e.n_supervised for e in encoded[i:i + 2])
-                 for i in range(0, 8, 2)]
+    per_batch = []
+    for i in range(0, 8, 2):
+        n = sum(e.n_supervised for e in encoded[i:i + 2])
+        per_batch.append(accumulate(loss_fn, [collate(encoded[i:i + 2], tok.pad_token_id)], n) / n)
     assert abs(sum(per_batch) / 4 - loss_one) > 1e-4
+
+
+def test_lr_schedules():
+    from trainer.train import lr_factor
+
+    warm = lr_factor("cosine", warmup=3, total=10)
+    assert [round(warm(s), 3) for s in range(4)] == [0.25, 0.5, 0.75, 1.0]  # first step already learns
+    assert warm(3) == 1.0 and 0 < warm(9) < 0.06 and warm(6) == pytest.approx(0.5 * (1 + math.cos(math.pi * 3 / 7)))
+    lin = lr_factor("linear", warmup=0, total=4)
+    assert [lin(s) for s in range(4)] == [1.0, 0.75, 0.5, 0.25]
+    assert [lr_factor("constant", 1, 5)(s) for s in range(5)] == [0.5, 1.0, 1.0, 1.0, 1.0]
 
 
 def test_split_by_tokens():
@@ -185,7 +197,8 @@ def test_pass_splitting_changes_memory_not_the_run(student, data_file, tmp_path)
         seen = {}
         train(tiny(data_file, tmp_path / str(budget), model=student, max_pass_tokens=budget, lora_dropout=0.0,
                    max_steps=2), Hooks(on_model=lambda m: seen.update(model=m)))
-        losses = [json.loads(line)["loss"] for line in (tmp_path / str(budget) / "metrics.jsonl").read_text().splitlines()]
+        lines = (tmp_path / str(budget) / "metrics.jsonl").read_text().splitlines()
+        losses = [json.loads(line)["loss"] for line in lines]
         runs[budget] = losses, lora_state(seen["model"])
     assert runs[64][0] == pytest.approx(runs[0][0], rel=1e-5)
     for n, w in runs[0][1].items():  # Adam turns float-rounding differences of tiny gradients into ~1e-6
@@ -237,8 +250,8 @@ def test_resume_continues_exactly(student, data_file, tmp_path):
     train(tiny(data_file, tmp_path / "b", resume=True, **cfg), Hooks(on_model=lambda m: seen.update(b=m)))
 
     def losses(out):
-        return [(r["step"], r["loss"], r["lr"]) for r in map(json.loads, (out / "metrics.jsonl").read_text().splitlines())
-                if "loss" in r]
+        records = map(json.loads, (out / "metrics.jsonl").read_text().splitlines())
+        return [(r["step"], r["loss"], r["lr"]) for r in records if "loss" in r]
 
     a, b = losses(tmp_path / "a"), losses(tmp_path / "b")
     assert [s for s, _, _ in b] == [1, 2, 3, 4]  # the interrupted run's step 3 was logged once, not twice
@@ -279,11 +292,15 @@ def test_cli_train_with_yaml_config(embedded_model, data_file, tmp_path, capsys)
     yaml_path = tmp_path / "train.yaml"
     yaml_path.write_text("lora_r: 4\nlora_alpha: 8\nmax_length: 64\nbatch_size: 4\nmax_steps: 5\nprogress: false\n")
     out = tmp_path / "out"
+    eval_file = tmp_path / "eval.json"
+    eval_file.write_text(json.dumps(make_rows(3, seed=7)))
     rc = main(["train", "--config", str(yaml_path), "--data", str(data_file), "--out", str(out), "--max-steps", "2",
-               "--eval-fraction", "0", "--merge", "--target-modules", "q_proj,v_proj"])
+               "--eval-data", str(eval_file), "--merge", "--target-modules", "q_proj,v_proj"])
     assert rc == 0
     summary = json.loads((out / "summary.json").read_text())
     assert summary["steps"] == 2  # the flag beat the YAML's 5
+    assert summary["examples"]["train"] == 24 and summary["examples"]["eval"] == 3  # all of --data trains
+    assert math.isfinite(summary["eval_loss"])
     saved = (out / "train_config.yaml").read_text()
     assert "lora_r: 4" in saved and "max_steps: 2" in saved
     assert json.loads((out / "adapter" / "adapter_config.json").read_text())["target_modules"] in (

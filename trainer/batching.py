@@ -43,7 +43,8 @@ class StepPlan:
     """
 
     def __init__(self, lengths: list[int], batch_size: int, grad_accum: int, world: int, seed: int):
-        self.lengths, self.batch_size, self.grad_accum, self.world, self.seed = lengths, batch_size, grad_accum, world, seed
+        self.lengths, self.batch_size, self.grad_accum = lengths, batch_size, grad_accum
+        self.world, self.seed = world, seed
         self.per_step = world * grad_accum
         n_batches = math.ceil(len(lengths) / batch_size)
         self.steps_per_epoch = max(1, math.ceil(n_batches / self.per_step))

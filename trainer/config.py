@@ -43,7 +43,7 @@ class TrainConfig:
     warmup_ratio: float = 0.03
     schedule: str = "cosine"  # cosine | linear | constant (after warmup)
     max_grad_norm: float = 1.0  # 0 disables clipping
-    max_pass_tokens: int | None = None  # padded tokens per forward pass; None = 2048 on CPU, 0 (no limit) on GPU
+    max_pass_tokens: int | None = None  # padded tokens per forward pass; None = 1024 on CPU, 0 (no limit) on GPU
     gradient_checkpointing: bool = False
     dtype: str = "auto"  # auto = bf16 on GPUs that support it, fp32 elsewhere
     seed: int = 0

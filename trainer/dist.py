@@ -39,7 +39,9 @@ def setup() -> DistInfo:
     world = int(os.environ.get("WORLD_SIZE", "1"))
     rank, local_rank = int(os.environ.get("RANK", "0")), int(os.environ.get("LOCAL_RANK", "0"))
     cuda = torch.cuda.is_available()
-    device = torch.device("cuda", local_rank if world > 1 else torch.cuda.current_device()) if cuda else torch.device("cpu")
+    device = torch.device("cpu")
+    if cuda:
+        device = torch.device("cuda", local_rank if world > 1 else torch.cuda.current_device())
     if cuda:
         torch.cuda.set_device(device)
     if world > 1 and not dist.is_initialized():
@@ -54,7 +56,8 @@ def teardown(info: DistInfo) -> None:
 
 def barrier(info: DistInfo) -> None:
     if info.active:
-        dist.barrier()
+        # NCCL wants to know the rank's GPU, else it guesses (and warns).
+        dist.barrier(device_ids=[info.device.index]) if info.device.type == "cuda" else dist.barrier()
 
 
 def sum_all(info: DistInfo, *values: float) -> list[float]:
