@@ -22,6 +22,20 @@ def machine() -> str:
     return f"{os.cpu_count()} cores, {cpu}, {platform.python_version()}"
 
 
+async def _served_model(url: str) -> str:
+    from generator.client import TeacherClient
+
+    async with TeacherClient(url) as c:
+        return await c.resolve_model()
+
+
+def model_name(url: str, given: str | None) -> str:
+    """The model to ask for: as given, or the first one the server lists."""
+    import asyncio
+
+    return given or asyncio.run(_served_model(url))
+
+
 @contextlib.contextmanager
 def teacher(url: str | None):
     """Yield (base_url, model): the given server, or the embedded model served for the run."""

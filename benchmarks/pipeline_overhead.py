@@ -17,7 +17,7 @@ import random
 import tempfile
 import time
 
-from _common import machine, teacher
+from _common import machine, model_name, teacher
 from generator.client import ClientConfig, TeacherClient
 from generator.errors import UserError
 from generator.gen_config import MODE_DEFAULTS, GenerateConfig
@@ -68,12 +68,7 @@ def main() -> None:
     ap.add_argument("--rounds", type=int, default=2)
     args = ap.parse_args()
     with teacher(args.url) as (url, model):
-        model = args.model or model
-        if model is None:
-            async def first():
-                async with TeacherClient(url) as c:
-                    return await c.resolve_model()
-            model = asyncio.run(first())
+        model = model_name(url, args.model or model)
         a = (url, model, args.requests, args.concurrency, args.max_tokens, args.tasks_per_prompt)
         raws, pipes = [], []
         for r in range(args.rounds):  # alternate the order to cancel drift

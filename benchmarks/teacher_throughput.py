@@ -16,7 +16,7 @@ import time
 
 import openai
 
-from _common import machine, teacher
+from _common import machine, model_name, teacher
 from generator.client import ClientConfig, TeacherClient
 
 TOPICS = ["rivers", "chess", "bread", "volcanoes", "jazz", "bees", "tides", "glass", "maps of stars", "kites"]
@@ -48,11 +48,6 @@ async def ours(url: str, model: str, msgs, concurrency: int, params: dict) -> in
     return sum(o.completion_tokens for o in outs)
 
 
-async def _first_model(url: str) -> str:
-    async with TeacherClient(url) as c:
-        return await c.resolve_model()
-
-
 def measure(fn, *args) -> float:
     t = time.perf_counter()
     tokens = asyncio.run(fn(*args))
@@ -69,7 +64,7 @@ def main() -> None:
     args = ap.parse_args()
     params = {"max_tokens": args.tokens, "temperature": 0.8, "extra_body": {"ignore_eos": True}}
     with teacher(args.url) as (url, model):
-        model = args.model or model or asyncio.run(_first_model(url))
+        model = model_name(url, args.model or model)
         print(f"machine: {machine()}\nteacher: {url} model {model}, {args.tokens} tokens per request")
         print(f"{'concurrency':>11} {'plain tok/s':>12} {'ours tok/s':>11} {'ratio':>6}")
         asyncio.run(plain_loop(url, model, prompts(4), 4, params))  # warm-up
