@@ -18,6 +18,19 @@ def embedded_model() -> str:
     return str(embedded_model_dir())
 
 
+@pytest.fixture(scope="session")
+def student(embedded_model, tmp_path_factory) -> str:
+    """The embedded model cut to its first 2 decoder layers, saved as an HF folder: real layers
+    and tokenizer, a fraction of the training cost."""
+    import torch
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    path = tmp_path_factory.mktemp("student2")
+    AutoModelForCausalLM.from_pretrained(embedded_model, num_hidden_layers=2, dtype=torch.float32).save_pretrained(path)
+    AutoTokenizer.from_pretrained(embedded_model).save_pretrained(path)
+    return str(path)
+
+
 class _Teacher:
     def __init__(self, base_url: str, model: str, server=None):
         self.base_url, self.model, self.server = base_url, model, server

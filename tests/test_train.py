@@ -33,17 +33,6 @@ def make_rows(n: int, seed: int = 0) -> list[dict]:
 
 
 @pytest.fixture(scope="module")
-def student(embedded_model, tmp_path_factory) -> str:
-    """The embedded model cut to its first 2 decoder layers, saved as an HF folder."""
-    from transformers import AutoModelForCausalLM, AutoTokenizer
-
-    path = tmp_path_factory.mktemp("student2")
-    AutoModelForCausalLM.from_pretrained(embedded_model, num_hidden_layers=2, dtype=torch.float32).save_pretrained(path)
-    AutoTokenizer.from_pretrained(embedded_model).save_pretrained(path)
-    return str(path)
-
-
-@pytest.fixture(scope="module")
 def data_file(tmp_path_factory) -> Path:
     path = tmp_path_factory.mktemp("data") / "data.jsonl"
     path.write_text("".join(json.dumps(r) + "\n" for r in make_rows(24)))

@@ -42,16 +42,6 @@ def worker(data: str, out: str, model: str) -> None:
     torch.save(lora_weights(seen["model"]), Path(out) / f"lora-rank{os.environ['RANK']}.pt")
 
 
-@pytest.fixture(scope="module")
-def student(embedded_model, tmp_path_factory) -> str:
-    from transformers import AutoModelForCausalLM, AutoTokenizer
-
-    path = tmp_path_factory.mktemp("student2")
-    AutoModelForCausalLM.from_pretrained(embedded_model, num_hidden_layers=2, dtype=torch.float32).save_pretrained(path)
-    AutoTokenizer.from_pretrained(embedded_model).save_pretrained(path)
-    return str(path)
-
-
 def test_two_process_gloo_run_agrees_with_single_process(student, tmp_path):
     from generator.server import free_port
     from trainer.train import Hooks, train
