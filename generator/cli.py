@@ -49,7 +49,7 @@ def _add_serve(subs) -> None:
     p.add_argument("--host", help="address to bind (default 127.0.0.1)")
     p.add_argument("--port", type=int, help="port (default 8000)")
     p.add_argument("--lora", action="append", metavar="NAME=DIR", help="serve a PEFT adapter as model NAME (repeatable)")
-    p.add_argument("--max-model-len", type=int, help="context length (default 2048)")
+    p.add_argument("--max-model-len", type=int, help="context length (default: the model's own)")
     p.add_argument("--startup-timeout", type=float, help="seconds to wait for the server (default 900)")
     p.add_argument("extra_args", nargs=argparse.REMAINDER, help="after --: arguments passed to vLLM unchanged")
     p.set_defaults(func=cmd_serve)

@@ -27,6 +27,19 @@ class TeacherError(UserError):
     """A request failed permanently (retry budget spent, or a non-retryable 4xx)."""
 
 
+class BadRequest(TeacherError):
+    """The server refused this one request (400 / 413 / 422: too long, a bad parameter): other
+    requests can still succeed, so a pipeline counts it and goes on. 401 / 403 / 404 (no key, no
+    access, unknown model) stay TeacherErrors: no request can succeed after them."""
+
+    def __init__(self, message: str, status: int, detail: str):
+        super().__init__(message)
+        self.status, self.detail = status, detail
+
+
+BAD_REQUEST_STATUSES = (400, 413, 422)
+
+
 @dataclass
 class Completion:
     texts: list[str]
@@ -41,7 +54,6 @@ class Completion:
 class Usage:
     requests: int = 0
     retries: int = 0
-    failures: int = 0
     prompt_tokens: int = 0
     completion_tokens: int = 0
 
@@ -155,7 +167,10 @@ class TeacherClient:
                 except openai.APIError as err:
                     last = err
                     if not _retryable(err):
-                        self.usage.failures += 1
+                        status = getattr(err, "status_code", None)
+                        if status in BAD_REQUEST_STATUSES:
+                            raise BadRequest(f"teacher {ep.url} refused one request ({status}): {err}",
+                                             status, str(err)[:1000]) from None
                         raise TeacherError(f"teacher {ep.url} refused the request: {err}") from None
                     ep.fails += 1
                     ep.rest_until = time.monotonic() + min(self.cfg.rest_max, self.cfg.backoff_base * 2 ** ep.fails)
@@ -178,7 +193,6 @@ class TeacherClient:
                 self.usage.prompt_tokens += pt
                 self.usage.completion_tokens += ct
                 return Completion(texts, [c.finish_reason or "" for c in resp.choices], pt, ct, ep.url, model)
-            self.usage.failures += 1
             raise TeacherError(f"teacher request failed after {self.cfg.max_retries + 1} attempts "
                                f"({type(last).__name__}: {last}); is the server up? see --teacher-url")
 

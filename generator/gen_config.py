@@ -60,6 +60,37 @@ class GenerateConfig:
     novelty_threshold: float = 0.7
     stem: bool = False
     decontaminate: list[str] = field(default_factory=list)  # files whose instructions must not leak in
+    # responses: every kept instruction answered again in chat form, N samples, best kept
+    responses: int = 4  # samples per instruction; 0 = keep the outputs the instruction stage wrote
+    response_temperature: float = 0.8
+    response_top_p: float = 0.95
+    response_max_tokens: int = 384
+    constraints: float = 0.3  # share of instructions given 1..max_constraints verifiable constraints
+    max_constraints: int = 2
+    # scoring (generator.scoring.ScoreConfig): checks always run; verifiers, judge, reward on demand
+    score: list[str] = field(default_factory=lambda: ["verifiers"])
+    min_score: float | None = None
+    judge_url: str | None = None
+    judge_model: str | None = None
+    judge_template: str | None = None
+    reward_model: str | None = None
+    # the teacher's context window (default: what vLLM reports); vLLM arguments when we start it
+    max_model_len: int | None = None
+    vllm_args: list[str] = field(default_factory=list)
+
+    def score_config(self):
+        import dataclasses
+
+        from generator.scoring import ScoreConfig
+
+        return ScoreConfig(**{f.name: getattr(self, f.name) for f in dataclasses.fields(ScoreConfig)})
+
+    def request_budget(self) -> int:
+        """--max-requests, or enough for a weak teacher: 20 requests per instruction (40 when each
+        instruction is also answered and scored) plus 200."""
+        if self.max_requests is not None:
+            return self.max_requests
+        return (40 if self.responses > 0 else 20) * self.num_instructions + 200
 
     def sampling(self) -> dict:
         return {k: getattr(self, k) for k in SAMPLING_KEYS}
@@ -79,3 +110,21 @@ class GenerateConfig:
             raise UserError("--num-instructions and --concurrency must be at least 1")
         if not 0.0 < self.novelty_threshold <= 1.0:
             raise UserError("--novelty-threshold must be in (0, 1]")
+        if self.responses < 0 or self.responses > 64:
+            raise UserError(f"--responses {self.responses}: choose 0 (keep the listed outputs) to 64")
+        if not 0.0 <= self.constraints <= 1.0:
+            raise UserError(f"--constraints {self.constraints}: a share between 0 and 1")
+        if self.constraints > 0 and self.responses == 0:
+            raise UserError("--constraints needs --responses N > 0: constrained instructions are answered again")
+        if self.max_constraints < 1:
+            raise UserError("--max-constraints must be at least 1")
+        if self.response_max_tokens < 16:
+            raise UserError("--response-max-tokens must be at least 16")
+        if self.min_words > self.max_words:
+            raise UserError(f"--min-words {self.min_words} is above --max-words {self.max_words}")
+        for name in ("tasks_per_prompt", "examples_per_prompt", "instructions_per_prompt", "max_instances"):
+            if getattr(self, name) < 1:
+                raise UserError(f"--{name.replace('_', '-')} must be at least 1")
+        if self.max_model_len is not None and self.max_model_len < 64:
+            raise UserError("--max-model-len must be at least 64")
+        self.score_config().validate()

@@ -3,16 +3,19 @@
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import sys
 import time
 
+import openai
+
+from generator.budget import ContextBudget
 from generator.client import ClientConfig, TeacherClient, api_key_from_env
 from generator.config import load_config
 from generator.errors import UserError
 from generator.gen_config import GenerateConfig
 from generator.resources import data_dir
 from generator.runs import RunDir
+from generator.scoring import make_scorer
 from generator.seeds import load_seeds
 from generator.templates import STAGES, load_templates
 
@@ -48,6 +51,23 @@ def add_generate_args(p) -> None:
     a("--max-words", type=int)
     a("--decontaminate", action="append", metavar="FILE", help="drop instructions overlapping these files "
       "(13-gram or ROUGE-L); repeatable")
+    a("--responses", type=int, help="answer every kept instruction again in chat form, N samples, and keep the "
+      "best that passes every check (default 4; 0 keeps the outputs the instruction stage wrote)")
+    a("--response-temperature", type=float, help="sampling temperature of the responses (default 0.8)")
+    a("--response-max-tokens", type=int, help="max tokens of one response (default 384)")
+    a("--constraints", type=float, help="share of instructions given verifiable constraints that a response "
+      "must meet to be kept (default 0.3; see docs/verifiers.md)")
+    a("--max-constraints", type=int, help="most constraints added to one instruction (default 2)")
+    a("--score", help="scorers besides the always-on checks, comma-separated: verifiers, judge, reward "
+      "(default verifiers)")
+    a("--min-score", type=float, help="drop a chosen response the judge rates below this (1-10; needs judge)")
+    a("--judge-url", help="OpenAI-compatible server of the rating judge (default: the teacher)")
+    a("--judge-model", help="model name on the judge server")
+    a("--reward-model", help="HF folder of a sequence-classification reward model (with --score ...,reward)")
+    a("--max-model-len", type=int, help="the teacher's context length (default: what vLLM reports; when Sprout "
+      "starts the teacher: the model's own)")
+    a("--vllm-arg", dest="vllm_args", action="append", metavar="ARG", help="argument for the vLLM server "
+      "Sprout starts when no --teacher-url is given, e.g. --vllm-arg=--tensor-parallel-size=2 (repeatable)")
     a("--force", action="store_true", help="continue a run whose settings changed")
     p.set_defaults(func=run_generate)
 
@@ -86,10 +106,12 @@ class _Progress:
 
 
 async def _served_by_vllm(client: TeacherClient) -> bool:
-    with contextlib.suppress(Exception):
+    # Only "cannot tell" counts as no: a bug here must not silently switch replies to text mode.
+    try:
         models = await client.endpoints[0].client.models.list()
-        return any(getattr(m, "owned_by", "") == "vllm" for m in models.data)
-    return False
+    except openai.APIError:
+        return False
+    return any(getattr(m, "owned_by", "") == "vllm" for m in models.data)
 
 
 async def _generate(cfg: GenerateConfig, seeds, templates, run: RunDir, base_url: str, model: str | None,
@@ -100,8 +122,11 @@ async def _generate(cfg: GenerateConfig, seeds, templates, run: RunDir, base_url
     async with TeacherClient(base_url, model=model, api_key=key,
                              cfg=ClientConfig(concurrency=cfg.concurrency, timeout=cfg.request_timeout)) as client:
         await client.resolve_model()
-        structured = cfg.structured == "json" or (cfg.structured == "auto" and await _served_by_vllm(client))
-        pipe = Pipeline(cfg, seeds, templates, client, run, structured, decontam)
+        vllm = await _served_by_vllm(client)
+        structured = cfg.structured == "json" or (cfg.structured == "auto" and vllm)
+        budget = await ContextBudget.discover(client, cfg.max_model_len)
+        scorer = make_scorer(cfg.score_config(), client, structured=vllm)
+        pipe = Pipeline(cfg, seeds, templates, client, run, structured, decontam, scorer=scorer, budget=budget)
         progress = _Progress(cfg.num_instructions, pipe.kept)
         pipe.progress = progress
         try:
@@ -110,6 +135,8 @@ async def _generate(cfg: GenerateConfig, seeds, templates, run: RunDir, base_url
             progress.bar.close()
             stats = pipe.stats()
             run.write_stats(stats)
+            if scorer.own_client is not None:
+                await scorer.own_client.aclose()
         return stats
 
 
@@ -137,7 +164,10 @@ def generate(cfg: GenerateConfig, force: bool = False) -> dict:
         from generator.server import ServeConfig, VLLMServer, free_port
 
         print("starting a vLLM teacher (pass --teacher-url to use a running one)...", file=sys.stderr, flush=True)
-        with VLLMServer(ServeConfig(model=cfg.model, port=free_port())) as srv:
+        serve = ServeConfig(model=cfg.model, port=free_port(), extra_args=list(cfg.vllm_args))
+        if cfg.max_model_len:
+            serve.max_model_len = cfg.max_model_len
+        with VLLMServer(serve) as srv:
             return asyncio.run(_generate(cfg, seeds, templates, run, srv.base_url, srv.model_name, decontam))
     finally:
         run.close()
@@ -145,10 +175,17 @@ def generate(cfg: GenerateConfig, force: bool = False) -> dict:
 
 def run_generate(args) -> int:
     overrides = {k: v for k, v in vars(args).items() if k not in ("config", "func", "command", "force")}
+    if isinstance(overrides.get("score"), str):
+        overrides["score"] = [s.strip() for s in overrides["score"].split(",") if s.strip()]
     cfg = load_config(GenerateConfig, args.config, overrides)
     stats = generate(cfg, force=args.force)
     rej = ", ".join(f"{k} {v}" for k, v in stats["rejections"].items()) or "none"
     print(f"kept {stats['kept_instructions']}/{stats['target']} instructions ({stats['records']} records) in "
           f"{cfg.out}/data.jsonl\nrejected: {rej}\nteacher: {stats['requests']} requests, "
           f"{stats['completion_tokens']} completion tokens, {stats['session_completion_tokens_per_s']} tok/s")
+    resp = stats.get("responses") or {}
+    if resp.get("candidates"):
+        rate = resp.get("constraint_pass_rate")
+        print(f"responses: {resp['passing']} of {resp['candidates']} candidates passed every check"
+              + (f"; the teacher met its constraints in {rate:.0%} of constrained samples" if rate is not None else ""))
     return 0

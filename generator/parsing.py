@@ -214,3 +214,37 @@ PARSERS = {
     "labeled_instances": parse_labeled_instances,
     "judge_verdict": parse_judge_verdict,
 }
+
+
+# -- a rubric judge's 1-10 rating (prompts/rate.jinja, generator/scoring.py) ------------------------
+SCHEMAS["rating"] = {"type": "object", "required": ["score"],
+                     "properties": {"score": {"type": "integer", "minimum": 1, "maximum": 10}}}
+
+
+def parse_rating(text: str, finish_reason: str = "stop", structured: bool = False, start: int | None = None
+                 ) -> Parsed:
+    """An integer score 1-10; anything else is no rating (the caller records None, not a zero)."""
+    value = None
+    if structured:
+        try:
+            value = json.loads(text).get("score")
+        except (json.JSONDecodeError, AttributeError):
+            value = None
+    else:
+        m = re.match(r"\s*\**\s*(?:score\s*:?\s*)?(\d{1,2})\b", text, re.I)
+        value = int(m.group(1)) if m else None
+    if isinstance(value, int) and not isinstance(value, bool) and 1 <= value <= 10:
+        return Parsed([value])
+    return Parsed([], 1)
+
+
+PARSERS["rating"] = parse_rating
+
+
+def parse_response(text: str, finish_reason: str = "stop", structured: bool = False, start: int | None = None
+                   ) -> Parsed:
+    """A free-form answer is its own parse; whether it is any good is generator.scoring's job."""
+    return Parsed([text.strip()])
+
+
+PARSERS["response"] = parse_response

@@ -1,15 +1,23 @@
-"""The generation pipeline: seeds -> prompts -> teacher -> parsed, filtered, novel records.
+"""The generation pipeline: seeds -> prompts -> teacher -> parsed, filtered, novel, scored records.
 
-Two modes:
-- `alpaca`: one request yields a batch of complete tasks (instruction, input, output).
+Instructions come from one of two modes:
+- `alpaca`: one request yields a batch of tasks (instruction, input, output);
 - `self-instruct`: bootstrap new instructions from k seed + m machine examples; the novelty filter
-  runs right there, as in the paper's code, so a kept instruction joins the pool that later
-  prompts sample from; then classification identification, then instances (output-first for
+  runs right there, as in the paper's code, so an instruction that passes it joins the pool that
+  later prompts sample from; then classification identification, then instances (output-first for
   classification, input-first otherwise).
 
-Everything runs on one asyncio loop: up to `concurrency` units of work are in flight, and each
-reply is parsed, filtered and written the moment it arrives. Filtering a candidate costs
-microseconds to milliseconds (see benchmarks/novelty.py), so the teacher is never kept waiting.
+Then responses (`responses` > 0, the default): a list of tasks written by a small teacher in one
+breath is mostly noise, so every kept instruction (and input) is answered again in the teacher's
+natural chat form, N samples in one request; a share of the instructions first gets verifiable
+constraints appended (`constraints`); the candidates are scored (generator.scoring) and the best
+one that passes every check becomes the output. Classification tasks keep the label their
+instance stage wrote (that is what output-first generation is for).
+
+Everything runs on one asyncio loop: units of work are launched while the expected yield of
+those in flight falls short of the target, and each reply is parsed, filtered and written the
+moment it arrives. Every rejection is one row of rejected.jsonl with its reason; the counts in
+stats.json are those rows, so they survive a crash and agree with the file.
 """
 
 from __future__ import annotations
@@ -20,41 +28,58 @@ import time
 import uuid
 from collections import Counter
 
-from generator.client import Completion, TeacherClient
+from generator.budget import ContextBudget
+from generator.client import BadRequest, Completion, TeacherClient
 from generator.filters import FilterConfig, InstructionFilter, clean_instances
 from generator.gen_config import MODE_DEFAULTS, GenerateConfig
 from generator.novelty import NoveltyPool
 from generator.parsing import PARSERS, Parsed, response_format
 from generator.runs import RunDir, now_iso
+from generator.scoring import Scorer, constraint_count, new_candidate
 from generator.seeds import SeedTask
 from generator.templates import Template
+from generator.verifiers import augment, sample_constraints
+
+# Smallest completion worth asking for, per stage: below it a reply cannot hold one item.
+MIN_COMPLETION = {"alpaca": 128, "bootstrap": 48, "classify": 1, "instances_input_first": 48,
+                  "instances_output_first": 48, "respond": 48}
 
 
 class Pipeline:
     def __init__(self, cfg: GenerateConfig, seeds: list[SeedTask], templates: dict[str, Template],
-                 client: TeacherClient, run: RunDir, structured: bool, decontam=None, progress=None):
+                 client: TeacherClient, run: RunDir, structured: bool, decontam=None, progress=None,
+                 scorer: Scorer | None = None, budget: ContextBudget | None = None):
         self.cfg, self.seeds, self.templates, self.client, self.run = cfg, seeds, templates, client, run
         self.structured = structured
         self.decontam = decontam  # generator.decontam.Decontaminator or None
         self.progress = progress  # callable(pipeline) after each change, e.g. a progress bar
-        self.rng = random.Random(cfg.seed + len(run.records))
+        self.scorer = scorer or Scorer(cfg.score_config())
+        self.budget = budget or ContextBudget()
+        self.rng = random.Random(cfg.seed + len(run.records) + len(run.pool_extra))
         self.params = {**MODE_DEFAULTS[cfg.mode], **{k: v for k, v in cfg.sampling().items() if v is not None}}
         self.instr_filter = InstructionFilter(FilterConfig(cfg.min_words, cfg.max_words, list(cfg.blocklist)))
         self.pool = NoveltyPool(threshold=cfg.novelty_threshold, use_stemmer=cfg.stem)
         for s in seeds:
             self.pool.add(s.instruction)
-        self.machine: list[tuple[str, str]] = []  # (instruction_id, instruction) kept so far
+        # Machine examples are drawn from every instruction that passed the novelty check, as in
+        # the paper, so small or highly concurrent runs get them too.
+        self.machine: list[tuple[str, str]] = []
         self.kept = 0
-        for rec in run.records:  # rebuild from data.jsonl when resuming
+        for rec in run.records:  # rebuild from the run's files when resuming
             if rec.get("instance_index", 0) == 0:
-                self.pool.add(rec["instruction"])
-                self.machine.append((rec["instruction_id"], rec["instruction"]))
+                base = rec.get("base_instruction") or rec["instruction"]
+                self.pool.add(base)
+                self.machine.append((rec["instruction_id"], base))
                 self.kept += 1
-        prev = run.previous_stats
-        self.rejections: Counter = Counter(prev.get("rejections", {}))
+        for iid, text in run.pool_extra:  # passed novelty, then failed later: still in the paper's pool
+            self.pool.add(text)
+            self.machine.append((iid, text))
+        self.rejections: Counter = Counter(run.rejected_counts)
         self.requests = 0
-        self.parse_failures = prev.get("parse_failures", 0)
-        self.in_progress = 0  # instructions past novelty, awaiting instances (self-instruct)
+        self.in_progress = 0  # instructions past novelty, not yet kept or dropped
+        self.awaiting = 0  # units whose first reply has not come back
+        self.replies = self.admitted = self.finished = 0  # for the expected yield of a unit
+        self.candidates = self.passing = self.constrained_candidates = self.constrained_passing = 0
         self.started = time.monotonic()
         self.tokens_at_start = (client.usage.prompt_tokens, client.usage.completion_tokens)
 
@@ -64,17 +89,23 @@ class Pipeline:
     def done(self) -> bool:
         return self.kept >= self.cfg.num_instructions
 
+    def _expected(self) -> float:
+        """Instructions the work in flight should still yield (smoothed running averages)."""
+        per_reply = (self.admitted + 1) / (self.replies + 1)
+        survive = (self.kept + 1) / (self.finished + 1)
+        return (self.in_progress + self.awaiting * per_reply) * survive
+
     async def run_until_done(self) -> None:
         unit = self._alpaca_unit if self.cfg.mode == "alpaca" else self._self_instruct_unit
-        budget = 20 * self.cfg.num_instructions + 200 if self.cfg.max_requests is None else self.cfg.max_requests
+        budget = self.cfg.request_budget()
         pending: set[asyncio.Task] = set()
         try:
             while not self.done:
                 # keep the teacher busy, but do not start work the target no longer needs
-                while len(pending) < self.cfg.concurrency and self.kept + self.in_progress < self.cfg.num_instructions:
-                    if self.requests >= budget:
-                        break
+                while len(pending) < self.cfg.concurrency and self.requests < budget and (
+                        not pending or self.kept + self._expected() < self.cfg.num_instructions):
                     self.requests += 1  # the unit's first request, counted at launch so the budget is exact
+                    self.awaiting += 1
                     pending.add(asyncio.create_task(unit()))
                 if not pending:
                     self._give_up(budget)
@@ -94,32 +125,72 @@ class Pipeline:
                         f"{self.cfg.num_instructions} instructions kept; top rejection reasons: {top}. "
                         f"See {self.run.rejected_path}; loosen the filters or use a stronger teacher.")
 
+    # -- one request ----------------------------------------------------------------------------
+
+    def _render(self, stage: str, variables: dict, structured: bool):
+        prompt = self.templates[stage].render(structured=structured, **variables)
+        return prompt.completion if self.cfg.api == "completion" else prompt.messages()
+
+    def _fit(self, stage: str, variables: dict, wanted: int, structured: bool,
+             examples: list | None = None) -> tuple[dict, int] | None:
+        """(variables, max_tokens) that fit the context window, dropping examples from the end
+        while the prompt is too long; None (counted as prompt_too_long) when nothing fits."""
+        while True:
+            tokens = self.budget.fit(self._render(stage, variables, structured), wanted, MIN_COMPLETION[stage])
+            if tokens is not None:
+                return variables, tokens
+            if not examples or len(variables["examples"]) <= 1:
+                self._reject({"stage": stage, **{k: v for k, v in variables.items() if k != "examples"}},
+                             "prompt_too_long")
+                return None
+            variables = {**variables, "examples": variables["examples"][:-1]}
+            if "start" in variables:
+                variables["start"] = len(variables["examples"]) + 1
+
+    async def _request(self, stage: str, prompt, first: bool = False, **kwargs) -> Completion | None:
+        """Send one request; a request the server refuses (400/413/422) is one `bad_request`."""
+        if not first:  # a unit's first request was counted when the unit was launched
+            self.requests += 1
+        try:
+            if self.cfg.api == "completion":
+                return await self.client.complete(prompt, **kwargs)
+            return await self.client.chat(prompt, **kwargs)
+        except BadRequest as e:
+            self._reject({"stage": stage, "status": e.status, "message": e.detail}, "bad_request")
+            return None
+
     async def _ask(self, stage: str, variables: dict, max_tokens: int, stop: list[str] | None = None,
-                   structured: bool | None = None, first: bool = False, **params) -> tuple[Completion, Parsed, Template]:
+                   structured: bool | None = None, first: bool = False, examples: bool = False,
+                   **params) -> tuple[Completion, Parsed, Template, dict] | None:
         tmpl = self.templates[stage]
         structured = self.structured if structured is None else structured
-        prompt = tmpl.render(structured=structured, **variables)
+        fitted = self._fit(stage, variables, max_tokens, structured, variables.get("examples") if examples else None)
+        if fitted is None:
+            return None
+        variables, max_tokens = fitted
         kwargs = {"max_tokens": max_tokens, **params}
         if structured:
-            kwargs["response_format"] = response_format(tmpl.parser)
+            # chat takes OpenAI's response_format; vLLM's completion endpoint takes the same
+            # field, which the openai client only passes through extra_body
+            fmt = response_format(tmpl.parser)
+            if self.cfg.api == "completion":
+                kwargs["extra_body"] = {"response_format": fmt}
+            else:
+                kwargs["response_format"] = fmt
         elif stop and self.cfg.api == "completion":
             # The papers' stop sequences end a *continued* list; a chat reply is not a
             # continuation and often opens with "Task:" or a blank line, so chat gets none.
             kwargs["stop"] = stop
-        if not first:  # a unit's first request was counted when the unit was launched
-            self.requests += 1
-        if self.cfg.api == "completion":
-            out = await self.client.complete(prompt.completion, **kwargs)
-        else:
-            out = await self.client.chat(prompt.messages(), **kwargs)
+        out = await self._request(stage, self._render(stage, variables, structured), first, **kwargs)
+        if out is None:
+            return None
         start = variables.get("start") if self.cfg.api == "completion" else None
         parsed = PARSERS[tmpl.parser](out.texts[0], out.finish_reasons[0], structured, start)
-        if parsed.failures:
-            self.parse_failures += parsed.failures
-            self._reject({"stage": stage, "raw": out.texts[0][:2000]}, "parse_error", parsed.failures)
-        if parsed.cut:
-            self.rejections["cut_by_length_limit"] += parsed.cut
-        return out, parsed, tmpl
+        for i in range(parsed.failures):
+            self._reject({"stage": stage, "raw": out.texts[0][:2000] if i == 0 else "(same reply)"}, "parse_error")
+        for _ in range(parsed.cut):
+            self._reject({"stage": stage, "raw": out.texts[0][-300:]}, "cut_by_length_limit")
+        return out, parsed, tmpl, variables
 
     # -- alpaca ---------------------------------------------------------------------------------
 
@@ -129,82 +200,155 @@ class Pipeline:
         shown = [{"id": s.id, "instruction": s.instruction, **(s.instances[0] if s.instances else
                                                                   {"input": "", "output": ""})} for s in examples]
         p = self.params
-        out, parsed, tmpl = await self._ask(
-            "alpaca", {"examples": shown, "num_tasks": self.cfg.tasks_per_prompt, "start": k + 1},
-            p["max_tokens"], stop=[f"\n{k + self.cfg.tasks_per_prompt + 1}. Instruction"], first=True,
-            temperature=p["temperature"], top_p=p["top_p"], presence_penalty=p["presence_penalty"])
-        prov = {"templates": {"alpaca": self._tmpl_info(tmpl)}, "examples": {"seed": [s.id for s in examples],
-                                                                             "machine": []}}
+        try:
+            asked = await self._ask(
+                "alpaca", {"examples": shown, "num_tasks": self.cfg.tasks_per_prompt, "start": k + 1},
+                p["max_tokens"], stop=[f"\n{k + self.cfg.tasks_per_prompt + 1}. Instruction"], first=True,
+                examples=True, temperature=p["temperature"], top_p=p["top_p"], presence_penalty=p["presence_penalty"])
+        finally:
+            self.awaiting -= 1
+        if asked is None:
+            return
+        out, parsed, tmpl, variables = asked
+        self.replies += 1
+        shown_ids = {e["id"] for e in variables["examples"]}
+        prov = {"templates": {"alpaca": self._tmpl_info(tmpl)},
+                "examples": {"seed": [s.id for s in examples if s.id in shown_ids], "machine": []}}
+        jobs = []
         for task in parsed.items:
-            novel = self._admit(task["instruction"])
-            if novel is None:
+            if self.kept + self.in_progress >= self.cfg.num_instructions:
+                break
+            admitted = self._admit(task["instruction"])
+            if admitted is None:
                 continue
+            iid, novel = admitted
             kept, reasons, task_reason = clean_instances([task], self._filter_cfg())
+            self._reject_counts(reasons, task["instruction"])
             if task_reason:
-                self._reject(task, task_reason)
+                self._drop(iid, task["instruction"], task_reason, {"instances": [task]})
                 continue
-            self._accept(task["instruction"], kept, False, novel, prov, out)
+            jobs.append(self._finish(iid, task["instruction"], kept, False, novel, prov, out))
+        await asyncio.gather(*jobs)
 
     # -- self-instruct --------------------------------------------------------------------------
 
     async def _self_instruct_unit(self) -> None:
         cfg, p = self.cfg, self.params
-        seeds = self.rng.sample(self.seeds, min(cfg.seed_examples, len(self.seeds)))
-        machine = self.rng.sample(self.machine, min(cfg.machine_examples, len(self.machine)))
+        n_machine = min(cfg.machine_examples, len(self.machine))
+        # 6 seeds + 2 machine instructions once the machine pool exists, all 8 from seeds before
+        n_seed = min(cfg.seed_examples + cfg.machine_examples - n_machine, len(self.seeds))
+        seeds = self.rng.sample(self.seeds, n_seed)
+        machine = self.rng.sample(self.machine, n_machine)
         shown = [{"id": s.id, "instruction": s.instruction} for s in seeds]
         shown += [{"id": mid, "instruction": text} for mid, text in machine]
         self.rng.shuffle(shown)  # the paper mixes seed and machine examples in one list
         n = len(shown)
-        out, parsed, tmpl = await self._ask(
-            "bootstrap", {"examples": shown, "num_instructions": cfg.instructions_per_prompt, "start": n + 1},
-            p["max_tokens"], stop=[f"\n{n + cfg.instructions_per_prompt + 1}.", "\n\n"], first=True,
-            temperature=p["temperature"], top_p=p["top_p"], presence_penalty=p["presence_penalty"])
+        try:
+            asked = await self._ask(
+                "bootstrap", {"examples": shown, "num_instructions": cfg.instructions_per_prompt, "start": n + 1},
+                p["max_tokens"], stop=[f"\n{n + cfg.instructions_per_prompt + 1}.", "\n\n"], first=True,
+                examples=True, temperature=p["temperature"], top_p=p["top_p"], presence_penalty=p["presence_penalty"])
+        finally:
+            self.awaiting -= 1
+        if asked is None:
+            return
+        out, parsed, tmpl, variables = asked
+        self.replies += 1
+        shown_ids = {e["id"] for e in variables["examples"]}
         prov = {"templates": {"bootstrap": self._tmpl_info(tmpl)},
-                "examples": {"seed": [s.id for s in seeds], "machine": [mid for mid, _ in machine]}}
+                "examples": {"seed": [s.id for s in seeds if s.id in shown_ids],
+                             "machine": [mid for mid, _ in machine if mid in shown_ids]}}
         jobs = []
         for text in parsed.items:
             if self.kept + self.in_progress >= cfg.num_instructions:
                 break  # enough candidates are already on their way
-            novel = self._admit(text)
-            if novel is not None:
-                self.in_progress += 1
-                jobs.append(self._complete_task(text, novel, prov))
+            admitted = self._admit(text)
+            if admitted is not None:
+                jobs.append(self._complete_task(text, *admitted, prov))
         await asyncio.gather(*jobs)
 
-    async def _complete_task(self, instruction: str, novel: list, prov: dict) -> None:
+    async def _complete_task(self, instruction: str, iid: str, novel: list, prov: dict) -> None:
         p = self.params
-        try:
-            # Always the text form here, as in the paper (a Yes/No in 3 tokens at temperature 0):
-            # small models under a boolean JSON schema were seen to answer `true` to everything.
-            # An unreadable answer counts as a parse failure and means "not classification".
-            out, parsed, ctmpl = await self._ask("classify", {"instruction": instruction}, 3,
-                                                 temperature=0.0, structured=False)
-            is_cls = bool(parsed.items and parsed.items[0])
-            stage = "instances_output_first" if is_cls else "instances_input_first"
-            out, parsed, itmpl = await self._ask(
-                stage, {"instruction": instruction, "max_instances": self.cfg.max_instances},
-                p["instance_max_tokens"], stop=["\nTask:", "Task:"],
-                temperature=p["instance_temperature"], top_p=p["instance_top_p"])
-            items = parsed.items[: self.cfg.max_instances]
-            kept, reasons, task_reason = clean_instances(items, self._filter_cfg())
-            for reason, count in reasons.items():
-                self.rejections[reason] += count
-            if task_reason:
-                self._reject({"instruction": instruction, "instances": items}, task_reason)
-                return
-            prov = {**prov, "templates": {**prov["templates"], "classify": self._tmpl_info(ctmpl),
-                                          stage: self._tmpl_info(itmpl)}}
-            self._accept(instruction, kept, is_cls, novel, prov, out)
-        finally:
-            self.in_progress -= 1
+        # Always the text form here, as in the paper (a Yes/No in 3 tokens at temperature 0):
+        # small models under a boolean JSON schema were seen to answer `true` to everything.
+        # An unreadable answer counts as a parse failure and means "not classification".
+        asked = await self._ask("classify", {"instruction": instruction}, 3, temperature=0.0, structured=False)
+        if asked is None:
+            return self._drop(iid, instruction, "classify_failed")
+        is_cls = bool(asked[1].items and asked[1].items[0])
+        ctmpl = asked[2]
+        stage = "instances_output_first" if is_cls else "instances_input_first"
+        asked = await self._ask(
+            stage, {"instruction": instruction, "max_instances": self.cfg.max_instances},
+            p["instance_max_tokens"], stop=["\nTask:", "Task:"], temperature=p["instance_temperature"],
+            top_p=p["instance_top_p"], presence_penalty=p.get("instance_presence_penalty", 0.0))
+        if asked is None:
+            return self._drop(iid, instruction, "instances_failed")
+        out, parsed, itmpl, _ = asked
+        items = parsed.items[: self.cfg.max_instances]
+        kept, reasons, task_reason = clean_instances(items, self._filter_cfg())
+        self._reject_counts(reasons, instruction)
+        if task_reason:
+            return self._drop(iid, instruction, task_reason, {"instances": items})
+        prov = {**prov, "templates": {**prov["templates"], "classify": self._tmpl_info(ctmpl),
+                                      stage: self._tmpl_info(itmpl)}}
+        await self._finish(iid, instruction, kept, is_cls, novel, prov, out)
+
+    # -- responses: N candidates per instance, scored, the best kept ------------------------------
+
+    async def _finish(self, iid: str, instruction: str, instances: list[dict], is_cls: bool, similar: list,
+                      prov: dict, out: Completion) -> None:
+        """Answer, score and keep (or drop) one admitted instruction; always ends its in-progress."""
+        cfg = self.cfg
+        if cfg.responses <= 0 or is_cls:
+            return self._accept(iid, instruction, instruction, instances, is_cls, similar, prov, out, [])
+        constraints = sample_constraints(self.rng, constraint_count(self.rng, cfg.constraints, cfg.max_constraints))
+        full = augment(instruction, constraints) if constraints else instruction
+        answered = await asyncio.gather(*[self._respond(full, inst["input"], constraints) for inst in instances])
+        good = []
+        for inst, (cands, best, reason, resp) in zip(instances, answered):
+            if best is None:
+                self._reject({"instruction": full, "input": inst["input"], "constraints": constraints,
+                              "candidates": cands}, reason or "no_response")
+                continue
+            good.append({"input": inst["input"], "output": cands[best]["text"], "candidates": cands,
+                         "selected": best, "scores": cands[best]["scores"], "response": resp})
+        if not good:
+            return self._drop(iid, instruction, "no_valid_response")
+        prov = {**prov, "templates": {**prov["templates"], "respond": self._tmpl_info(self.templates["respond"])}}
+        self._accept(iid, full, instruction, good, False, similar, prov, out, constraints)
+
+    async def _respond(self, instruction: str, inp: str, constraints: list[dict]):
+        """(candidates, index kept or None, rejection reason, response sampling settings)."""
+        cfg = self.cfg
+        variables = {"instruction": instruction, "input": inp}
+        fitted = self._fit("respond", variables, cfg.response_max_tokens, False)
+        if fitted is None:  # counted as prompt_too_long by _fit; the instance itself has no response
+            return [], None, "no_response", {}
+        prompt = self._render("respond", variables, False)
+        sampling = {"n": cfg.responses, "temperature": cfg.response_temperature, "top_p": cfg.response_top_p,
+                    "max_tokens": fitted[1]}
+        out = await self._request("respond", prompt, **sampling)
+        if out is None:  # counted as bad_request by _request
+            return [], None, "no_response", sampling
+        cands = [new_candidate(t, f) for t, f in zip(out.texts, out.finish_reasons)]
+        user_text = instruction + (f"\n\n{inp}" if inp else "")
+        best, reason = await self.scorer(user_text, instruction, inp, cands, constraints)
+        self.candidates += len(cands)
+        self.passing += sum(1 for c in cands if not c["reasons"])
+        if constraints:
+            self.constrained_candidates += len(cands)
+            self.constrained_passing += sum(1 for c in cands if "constraint_failed" not in c["reasons"])
+        return cands, best, reason, {**sampling, "model": out.model}
 
     # -- shared ---------------------------------------------------------------------------------
 
     def _filter_cfg(self) -> FilterConfig:
         return self.instr_filter.cfg
 
-    def _admit(self, instruction: str) -> list | None:
-        """Instruction filters, decontamination, then novelty; the most similar pool items if kept."""
+    def _admit(self, instruction: str) -> tuple[str, list] | None:
+        """Instruction filters, decontamination, then novelty: (new instruction id, the most
+        similar pool items) if it passes -- it is then in the pool and in progress."""
         reason = self.instr_filter(instruction)
         if reason is None and self.decontam is not None:
             reason = self.decontam.check(instruction)
@@ -216,16 +360,28 @@ class Pipeline:
         if not novel:
             self._reject({"instruction": instruction, "most_similar": similar[:1]}, "not_novel")
             return None
-        return similar
-
-    def _accept(self, instruction: str, instances: list[dict], is_cls: bool, similar: list, prov: dict,
-                out: Completion) -> None:
-        if self.done:
-            self._reject({"instruction": instruction}, "over_target")
-            return
         iid = uuid.uuid4().hex[:12]
+        self.machine.append((iid, instruction))
+        self.admitted += 1
+        self.in_progress += 1
+        return iid, similar
+
+    def _drop(self, iid: str, instruction: str, reason: str, extra: dict | None = None) -> None:
+        """An admitted instruction that yields no record; it stays in the novelty pool (the row
+        says so, for resuming)."""
+        self.in_progress -= 1
+        self.finished += 1
+        self._reject({"instruction_id": iid, "instruction": instruction, **(extra or {}), "in_pool": True}, reason)
+
+    def _accept(self, iid: str, instruction: str, base: str, instances: list[dict], is_cls: bool, similar: list,
+                prov: dict, out: Completion, constraints: list[dict]) -> None:
+        if self.done:
+            return self._drop(iid, base, "over_target")
+        self.in_progress -= 1
+        self.finished += 1
         common = {
-            "instruction_id": iid, "is_classification": is_cls, "num_instances": len(instances),
+            "instruction_id": iid, "base_instruction": base, "constraints": constraints,
+            "is_classification": is_cls, "num_instances": len(instances),
             "mode": self.cfg.mode, "templates": prov["templates"],
             "teacher": {"model": out.model, "endpoint": out.endpoint, "api": self.cfg.api,
                         "structured": self.structured},
@@ -234,15 +390,21 @@ class Pipeline:
             "completion_tokens": out.completion_tokens, "created_at": now_iso(), "run_id": self.run.run_id,
         }
         records = [{"id": f"{iid}-{i}", "instruction": instruction, "input": inst["input"],
-                    "output": inst["output"], "instance_index": i, **common} for i, inst in enumerate(instances)]
+                    "output": inst["output"], "instance_index": i, **common,
+                    **{k: inst[k] for k in ("scores", "selected", "candidates", "response") if k in inst}}
+                   for i, inst in enumerate(instances)]
         self.run.write_group(records)
-        self.machine.append((iid, instruction))
         self.kept += 1
         if self.progress:
             self.progress(self)
 
-    def _reject(self, rec: dict, reason: str, count: int = 1) -> None:
-        self.rejections[reason] += count
+    def _reject_counts(self, reasons: dict[str, int], instruction: str) -> None:
+        for reason, count in reasons.items():
+            for _ in range(count):
+                self._reject({"instruction": instruction, "level": "instance"}, reason)
+
+    def _reject(self, rec: dict, reason: str) -> None:
+        self.rejections[reason] += 1
         self.run.write_rejected({**rec, "reason": reason, "created_at": now_iso()})
         if self.progress:
             self.progress(self)
@@ -256,11 +418,20 @@ class Pipeline:
         u = self.client.usage
         completion = u.completion_tokens - self.tokens_at_start[1]
         prev = self.run.previous_stats
+        attempts = self.admitted + self.rejections.get("not_novel", 0)
         return {
             "run_id": self.run.run_id, "mode": self.cfg.mode, "target": self.cfg.num_instructions,
             "kept_instructions": self.kept,
             "records": sum(1 for _ in open(self.run.data_path, encoding="utf-8")),
-            "rejections": dict(self.rejections.most_common()), "parse_failures": self.parse_failures,
+            "rejections": dict(self.rejections.most_common()),
+            "parse_failures": self.rejections.get("parse_error", 0),
+            # share of this session's instructions that copied the pool (ROUGE-L above threshold)
+            "copy_rate": round(self.rejections.get("not_novel", 0) / attempts, 4) if attempts else None,
+            "responses": {"candidates": self.candidates, "passing": self.passing,
+                          "constrained_candidates": self.constrained_candidates,
+                          "constraint_pass_rate": round(self.constrained_passing / self.constrained_candidates, 4)
+                          if self.constrained_candidates else None},
+            "context": {"max_model_len": self.budget.max_model_len, "exact_token_counts": self.budget.exact},
             "requests": prev.get("requests", 0) + self.requests,
             "retries": prev.get("retries", 0) + u.retries,
             "prompt_tokens": prev.get("prompt_tokens", 0) + u.prompt_tokens - self.tokens_at_start[0],

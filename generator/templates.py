@@ -26,7 +26,7 @@ from jinja2.sandbox import SandboxedEnvironment
 from generator.errors import UserError
 from generator.resources import data_dir
 
-STAGES = ("alpaca", "bootstrap", "classify", "instances_input_first", "instances_output_first")
+STAGES = ("alpaca", "bootstrap", "classify", "instances_input_first", "instances_output_first", "respond")
 _META = re.compile(r"\A\s*\{#-?(.*?)-?#\}", re.S)
 
 

@@ -1,5 +1,6 @@
 """A tiny OpenAI-compatible HTTP server that fails on purpose, for faults a real vLLM server will
-not produce on demand: 500s, 429 with Retry-After, dropped connections, slow replies."""
+not produce on demand: 500s, 429 with Retry-After, dropped connections, slow replies -- and a
+scripted teacher whose replies a test writes (`script`), to drive the pipeline deterministically."""
 
 from __future__ import annotations
 
@@ -14,11 +15,22 @@ class FaultServer:
 
     Actions: "ok", "500", "429:SECONDS" (Retry-After), "drop" (close without a reply),
     "slow:SECONDS" (sleep, then reply), "400".
+
+    `script(kind, request) -> reply` writes the "ok" replies: kind is "chat" or "completion",
+    request the JSON body; reply is a text (every choice), a list of texts or (text,
+    finish_reason) pairs (one per choice), or an int HTTP status to refuse this request with.
+    `max_model_len` is reported in /v1/models as vLLM does.
     """
 
-    def __init__(self, plan: list[str] | None = None, default: str = "ok"):
+    def __init__(self, plan: list[str] | None = None, default: str = "ok", script=None,
+                 max_model_len: int | None = None, owned_by: str = "fake"):
         self.plan = list(plan or [])
         self.default = default
+        self.script = script
+        self.bodies: list[dict] = []  # every POSTed request body, in arrival order
+        model = {"id": "fake-model", "object": "model", "owned_by": owned_by}
+        if max_model_len:
+            model["max_model_len"] = max_model_len
         self.requests: list[tuple[float, str]] = []  # (time, action) per request
         self.lock = threading.Lock()
         server = self
@@ -40,7 +52,7 @@ class FaultServer:
                 self.wfile.write(data)
 
             def do_GET(self):
-                self._reply(200, {"object": "list", "data": [{"id": "fake-model", "object": "model"}]})
+                self._reply(200, {"object": "list", "data": [model]})
 
             def do_POST(self):
                 length = int(self.headers.get("Content-Length", 0))
@@ -48,6 +60,7 @@ class FaultServer:
                 with server.lock:
                     action = server.plan.pop(0) if server.plan else server.default
                     server.requests.append((time.monotonic(), action))
+                    server.bodies.append(req)
                 kind, _, arg = action.partition(":")
                 if kind == "drop":
                     self.close_connection = True
@@ -62,11 +75,24 @@ class FaultServer:
                 if kind == "slow":
                     time.sleep(float(arg))
                 n = int(req.get("n") or 1)
-                choices = [{"index": i, "finish_reason": "stop",
-                            "message": {"role": "assistant", "content": f"answer {i}"}} for i in range(n)]
-                self._reply(200, {"id": "x", "object": "chat.completion", "created": 0, "model": "fake-model",
-                                  "choices": choices,
-                                  "usage": {"prompt_tokens": 5, "completion_tokens": 2 * n, "total_tokens": 5 + 2 * n}})
+                chat = self.path.rstrip("/").endswith("chat/completions")
+                replies = [(f"answer {i}", "stop") for i in range(n)]
+                if server.script is not None:
+                    out = server.script("chat" if chat else "completion", req)
+                    if isinstance(out, int):
+                        return self._reply(out, {"error": {"message": f"scripted refusal {out}"}})
+                    out = [out] * n if isinstance(out, str) else out
+                    replies = [(o, "stop") if isinstance(o, str) else tuple(o) for o in out][:n]
+                if chat:
+                    choices = [{"index": i, "finish_reason": f, "message": {"role": "assistant", "content": t}}
+                               for i, (t, f) in enumerate(replies)]
+                else:
+                    choices = [{"index": i, "finish_reason": f, "text": t} for i, (t, f) in enumerate(replies)]
+                tokens = sum(len(t.split()) for t, _ in replies)
+                self._reply(200, {"id": "x", "object": "chat.completion" if chat else "text_completion",
+                                  "created": 0, "model": "fake-model", "choices": choices,
+                                  "usage": {"prompt_tokens": 5, "completion_tokens": tokens,
+                                            "total_tokens": 5 + tokens}})
 
         class Server(ThreadingHTTPServer):
             request_queue_size = 256  # the default backlog of 5 refuses bursts of connections

@@ -157,7 +157,7 @@ def test_every_shipped_template_renders_both_forms():
     ts = load_templates()
     ex = [{"id": "a", "instruction": "Say hi nicely.", "input": "", "output": "Hi!"}]
     variables = {"examples": ex, "num_tasks": 4, "num_instructions": 4, "instruction": "Sort the list.",
-                 "max_instances": 3, "start": 2}
+                 "max_instances": 3, "start": 2, "input": ""}
     for name, t in ts.items():
         for structured in (True, False):
             p = t.render(structured=structured, **variables)

@@ -1,0 +1,246 @@
+"""Scoring candidate responses and keeping the best one (best-of-N rejection sampling).
+
+A weak teacher's average answer is poor, but among several samples one is often right; a
+program that can tell which one turns a weak teacher into usable data (STaR, RFT, Tulu 3's
+verifiable rewards). Every candidate is kept in the record with its scores, so scoring can be
+redone (`sprout score`) without asking the teacher again.
+
+Scorers, each writing `candidate["scores"][name]` and appending failure reasons:
+- checks   (always on) empty answer, cut by the length limit, a degenerate loop, an echo of the
+           prompt. These are not matters of taste: such an answer is never kept.
+- verifiers  the instruction's verifiable constraints (generator.verifiers): score = share met;
+           a candidate that misses any is not kept.
+- judge    an LLM rates helpfulness, correctness and instruction following 1-10
+           (prompts/rate.jinja); `min_score` drops a chosen answer rated lower.
+- reward   a local Hugging Face sequence-classification reward model (its first logit).
+
+Selection: among candidates with no failure reason, the highest combined score (mean of the
+judge's score / 10 and the reward's sigmoid, where present); ties go to the lowest index, so the
+choice is deterministic.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import math
+import re
+from dataclasses import dataclass, field
+
+from generator import verifiers
+from generator.errors import UserError
+
+SCORERS = ("verifiers", "judge", "reward")
+
+
+@dataclass
+class ScoreConfig:
+    score: list[str] = field(default_factory=lambda: ["verifiers"])  # checks always run
+    min_score: float | None = None  # judge score (1-10) below which the chosen answer is dropped
+    judge_url: str | None = None  # default: the teacher
+    judge_model: str | None = None
+    judge_template: str | None = None  # default prompts/rate.jinja
+    reward_model: str | None = None  # HF folder of a sequence-classification reward model
+
+    def validate(self) -> None:
+        unknown = [s for s in self.score if s not in SCORERS]
+        if unknown:
+            raise UserError(f"--score {','.join(unknown)}: choose from {', '.join(SCORERS)}")
+        if "reward" in self.score and not self.reward_model:
+            raise UserError("--score reward needs --reward-model PATH (a sequence-classification model folder)")
+        if self.min_score is not None and "judge" not in self.score:
+            raise UserError("--min-score filters on the judge's rating: add judge to --score")
+        if self.min_score is not None and not 1 <= self.min_score <= 10:
+            raise UserError(f"--min-score {self.min_score}: the judge rates 1-10")
+
+
+def new_candidate(text: str, finish_reason: str = "stop") -> dict:
+    return {"text": text.strip(), "finish_reason": finish_reason, "scores": {}, "reasons": []}
+
+
+# -- checks that no answer is kept without ----------------------------------------------------
+
+def _degenerate(text: str) -> bool:
+    """A loop: the same line three or more times, or few distinct word 4-grams in a long answer."""
+    lines = [ln.strip() for ln in text.splitlines() if ln.strip()]
+    if lines and max(lines.count(ln) for ln in set(lines)) >= 3 and len(set(lines)) < len(lines) / 2:
+        return True
+    words = text.lower().split()
+    if len(words) >= 40:
+        grams = [tuple(words[i:i + 4]) for i in range(len(words) - 3)]
+        return len(set(grams)) / len(grams) < 0.5
+    return False
+
+
+def check_reasons(text: str, finish_reason: str, prompt: str) -> list[str]:
+    if not text.strip():
+        return ["empty_response"]
+    reasons = []
+    if finish_reason == "length":
+        reasons.append("cut_by_length_limit")
+    if _degenerate(text):
+        reasons.append("repetitive_response")
+    if " ".join(text.split()).lower() == " ".join(prompt.split()).lower():
+        reasons.append("echoes_prompt")
+    return reasons
+
+
+# -- the scorers --------------------------------------------------------------------------------
+
+def score_verifiers(cand: dict, constraints: list[dict]) -> None:
+    if not constraints:
+        return
+    passed = verifiers.check_all(cand["text"], constraints)
+    cand["scores"]["verifiers"] = round(sum(passed) / len(passed), 4)
+    cand["constraints_passed"] = passed
+    if not all(passed):
+        cand["reasons"].append("constraint_failed")
+
+
+class Judge:
+    """Rates one answer 1-10 through any OpenAI-compatible chat model, under a JSON schema when
+    the server is vLLM. An unreadable rating is recorded as None, never as a low score."""
+
+    def __init__(self, client, structured: bool, template: str | None = None):
+        from pathlib import Path
+
+        from generator.resources import data_dir
+        from generator.templates import Template, make_env
+
+        path = Path(template) if template else data_dir("prompts") / "rate.jinja"
+        if not path.is_file():
+            raise UserError(f"--judge-template {path}: file not found")
+        self.tmpl = Template(path, make_env(path.parent))
+        self.client, self.structured = client, structured
+        self.requests = 0
+
+    async def rate(self, instruction: str, inp: str, answer: str) -> float | None:
+        from generator.parsing import PARSERS, response_format
+
+        prompt = self.tmpl.render(instruction=instruction, input=inp, response=answer, structured=self.structured)
+        kwargs = {"max_tokens": 24, "temperature": 0.0}
+        if self.structured:
+            kwargs["response_format"] = response_format(self.tmpl.parser)
+        self.requests += 1
+        out = await self.client.chat(prompt.messages(), **kwargs)
+        parsed = PARSERS[self.tmpl.parser](out.texts[0], out.finish_reasons[0], self.structured)
+        return float(parsed.items[0]) if parsed.items else None
+
+
+class RewardModel:
+    """A local sequence-classification reward model; scores run in a worker thread so the event
+    loop keeps feeding the teacher."""
+
+    def __init__(self, path: str):
+        import torch
+        from transformers import AutoModelForSequenceClassification, AutoTokenizer
+
+        try:
+            self.tok = AutoTokenizer.from_pretrained(path)
+            self.model = AutoModelForSequenceClassification.from_pretrained(path, dtype=torch.float32).eval()
+        except (OSError, ValueError) as e:
+            raise UserError(f"--reward-model {path}: cannot load a sequence-classification model ({e})") from None
+        self._lock = asyncio.Lock()  # one forward pass at a time: torch already uses every core
+
+    def _text(self, prompt: str, answer: str) -> str:
+        msgs = [{"role": "user", "content": prompt}, {"role": "assistant", "content": answer}]
+        if getattr(self.tok, "chat_template", None):
+            return self.tok.apply_chat_template(msgs, tokenize=False)
+        return f"{prompt}\n\n{answer}"
+
+    def score_batch(self, prompt: str, answers: list[str]) -> list[float]:
+        import torch
+
+        enc = self.tok([self._text(prompt, a) for a in answers], return_tensors="pt", padding=True,
+                       truncation=True, max_length=2048)
+        with torch.no_grad():
+            logits = self.model(**enc).logits
+        return [round(float(x), 4) for x in logits[:, 0]]
+
+    async def score(self, prompt: str, answers: list[str]) -> list[float]:
+        async with self._lock:
+            return await asyncio.to_thread(self.score_batch, prompt, answers)
+
+
+# -- scoring a set of candidates and choosing -----------------------------------------------------
+
+def combined(cand: dict) -> float:
+    parts = []
+    if cand["scores"].get("judge") is not None:
+        parts.append(cand["scores"]["judge"] / 10)
+    if cand["scores"].get("reward") is not None:
+        parts.append(1 / (1 + math.exp(-cand["scores"]["reward"])))
+    return round(sum(parts) / len(parts), 4) if parts else 0.0
+
+
+def select(cands: list[dict]) -> int | None:
+    """Index of the best candidate without a failure reason (ties: lowest index), or None."""
+    ok = [i for i, c in enumerate(cands) if not c["reasons"]]
+    return max(ok, key=lambda i: (combined(cands[i]), -i)) if ok else None
+
+
+class Scorer:
+    """Scores candidates with the configured scorers and selects one: `await scorer(...)`."""
+
+    def __init__(self, cfg: ScoreConfig, judge: Judge | None = None, reward: RewardModel | None = None):
+        cfg.validate()
+        self.cfg, self.judge, self.reward = cfg, judge, reward
+
+    async def __call__(self, prompt: str, instruction: str, inp: str, cands: list[dict],
+                       constraints: list[dict]) -> tuple[int | None, str | None]:
+        """(index of the kept candidate or None, the rejection reason when none is kept)."""
+        for c in cands:
+            c["reasons"] = check_reasons(c["text"], c["finish_reason"], prompt)
+            if "verifiers" in self.cfg.score:
+                score_verifiers(c, constraints)
+        alive = [c for c in cands if not c["reasons"]]
+        if self.judge and alive:
+            ratings = await asyncio.gather(*[self.judge.rate(instruction, inp, c["text"]) for c in alive])
+            for c, r in zip(alive, ratings):
+                c["scores"]["judge"] = r
+        if self.reward and alive:
+            for c, r in zip(alive, await self.reward.score(prompt, [c["text"] for c in alive])):
+                c["scores"]["reward"] = r
+        best = select(cands)
+        if best is None:
+            return None, _why_none(cands)
+        if self.cfg.min_score is not None:
+            rating = cands[best]["scores"].get("judge")
+            if rating is None or rating < self.cfg.min_score:
+                return None, "low_judge_score"
+        return best, None
+
+
+def _why_none(cands: list[dict]) -> str:
+    """One reason for a set with no keepable candidate: the most common first reason."""
+    firsts = [c["reasons"][0] for c in cands if c["reasons"]]
+    return max(sorted(set(firsts)), key=firsts.count) if firsts else "no_candidate"
+
+
+def make_scorer(cfg: ScoreConfig, teacher_client=None, structured: bool = False) -> Scorer:
+    """A Scorer with its judge (on `teacher_client` unless cfg.judge_url names another server)
+    and reward model loaded. The caller closes a judge client it did not pass in (`.own_client`)."""
+    cfg.validate()
+    judge = reward = None
+    if "judge" in cfg.score:
+        client = teacher_client
+        if cfg.judge_url:
+            from generator.client import TeacherClient, api_key_from_env
+
+            client = TeacherClient(cfg.judge_url, model=cfg.judge_model, api_key=api_key_from_env(None))
+        if client is None:
+            raise UserError("--score judge needs a judge: pass --judge-url (an OpenAI-compatible server)")
+        judge = Judge(client, structured, cfg.judge_template)
+    if "reward" in cfg.score:
+        reward = RewardModel(cfg.reward_model)
+    scorer = Scorer(cfg, judge, reward)
+    scorer.own_client = judge.client if judge and cfg.judge_url else None
+    return scorer
+
+
+def constraint_count(rng, share: float, max_k: int) -> int:
+    """How many constraints to add to one instruction: 0 with probability 1 - share, else 1..max_k
+    (one is most common: a small teacher meets two at once far less often)."""
+    if share <= 0 or rng.random() >= share:
+        return 0
+    return 1 if max_k <= 1 or rng.random() < 0.65 else rng.randint(2, max_k)
+

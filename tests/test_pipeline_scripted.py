@@ -1,0 +1,261 @@
+"""The whole generation pipeline against a scripted teacher (tests/fault_server.py): budgets,
+per-request failures, responses and selection, rejection bookkeeping, resume -- deterministic,
+no model, a few seconds each."""
+
+from __future__ import annotations
+
+import itertools
+import json
+import random
+from collections import Counter
+from pathlib import Path
+
+import pytest
+
+from generator.client import TeacherError
+from generator.errors import UserError
+from generator.gen_config import GenerateConfig
+from generator.generate import generate
+from generator.verifiers import check_all
+from tests.fault_server import FaultServer
+
+SEEDS = str(Path(__file__).resolve().parents[1] / "seeds" / "test_seeds.jsonl")
+
+# Our own minimal templates: each prompt names its stage, so the script can answer by stage
+# whatever the shipped prompts say.
+TEMPLATES = {
+    "alpaca": ("alpaca_tasks", "STAGE=alpaca tasks={{ num_tasks }}\n{% for ex in examples %}{{ loop.index }}. "
+               "Instruction: {{ ex.instruction }}\n{{ loop.index }}. Input: {{ ex.input }}\n{{ loop.index }}. "
+               "Output: {{ ex.output }}\n{% endfor %}"),
+    "bootstrap": ("numbered_instructions", "STAGE=bootstrap\n{% for ex in examples %}{{ loop.index }}. "
+                  "{{ ex.instruction }}\n{% endfor %}"),
+    "classify": ("yes_no", "STAGE=classify {{ instruction }}"),
+    "instances_input_first": ("instances", "STAGE=instances {{ instruction }}"),
+    "instances_output_first": ("labeled_instances", "STAGE=labels {{ instruction }}"),
+    "respond": ("response", "STAGE=respond {{ instruction }}{% if input %}\nINPUT={{ input }}{% endif %}"),
+}
+
+WORDS = [f"{a}{b}" for a in ("zo", "ka", "mi", "ru", "te", "lo", "vi", "sa") for b in ("ber", "dun", "fip", "gol",
+                                                                                        "hax", "jor", "kiv", "lum")]
+# candidate answers: the lowercase comma-free short one meets many constraint types, the others few
+ANSWERS = ["Sure, Here Is A Long Answer, With Commas, And Capitals Everywhere In It.",
+           "a short plain answer",
+           "A second answer, with a comma.",
+           '"quoted answer here"']
+
+
+@pytest.fixture
+def templates(tmp_path):
+    folder = tmp_path / "templates"
+    folder.mkdir()
+    for stage, (parser, body) in TEMPLATES.items():
+        (folder / f"{stage}.jinja").write_text(f"{{#- parser: {parser} -#}}\n{{% block user %}}{body}{{% endblock %}}\n")
+    return str(folder)
+
+
+class Script:
+    """Replies by stage; every instruction it invents is new (distinct made-up words)."""
+
+    def __init__(self, tasks_per_reply: int = 4, refuse: dict | None = None, answers=ANSWERS):
+        self.counter = itertools.count()
+        self.rng = random.Random(0)
+        self.tasks_per_reply = tasks_per_reply
+        self.refuse = refuse or {}  # {(stage, nth request of that stage): status}
+        self.seen = Counter()
+        self.answers = answers
+
+    def _instruction(self) -> str:
+        return "Describe " + " ".join(self.rng.sample(WORDS, 5)) + f" item{next(self.counter)} briefly."
+
+    def __call__(self, kind: str, req: dict):
+        text = req["messages"][-1]["content"] if kind == "chat" else req["prompt"]
+        stage = text.split()[0].split("=")[1]
+        self.seen[stage] += 1
+        if (stage, self.seen[stage]) in self.refuse:
+            return self.refuse[(stage, self.seen[stage])]
+        n = int(req.get("n") or 1)
+        if stage == "alpaca":
+            k = text.count("Instruction:")
+            blocks = [f"{k + i + 1}. Instruction: {self._instruction()}\n{k + i + 1}. Input: <noinput>\n"
+                      f"{k + i + 1}. Output: listed output {i}" for i in range(self.tasks_per_reply)]
+            return "\n###\n".join(blocks)
+        if stage == "bootstrap":
+            return "\n".join(f"{i + 1}. {self._instruction()}" for i in range(4))
+        if stage == "classify":
+            return "Yes" if "item3 " in text or "item7 " in text else "No"
+        if stage == "instances":
+            return "Example 1\nInput: some text here\nOutput: some text here\nExample 2\nInput: first input\nOutput: ok"
+        if stage == "labels":
+            return "Class label: alpha\nInput: an alpha thing\nClass label: beta\nInput: a beta thing"
+        return [self.answers[i % len(self.answers)] for i in range(n)]
+
+
+def _cfg(tmp_path, url, templates, **kw) -> GenerateConfig:
+    base = dict(out=str(tmp_path / "run"), seeds=SEEDS, teacher_url=url, templates=templates, num_instructions=6,
+                concurrency=8, responses=4, constraints=0.0, structured="text")
+    return GenerateConfig(**{**base, **kw})
+
+
+def _rows(path: Path) -> list[dict]:
+    return [json.loads(line) for line in path.read_text().splitlines()] if path.exists() else []
+
+
+def _check_bookkeeping(run: Path) -> dict:
+    """stats.json's rejection counts are exactly the rows of rejected.jsonl, per reason."""
+    stats = json.loads((run / "stats.json").read_text())
+    rows = Counter(r["reason"] for r in _rows(run / "rejected.jsonl"))
+    assert stats["rejections"] == dict(rows)
+    records = _rows(run / "data.jsonl")
+    assert stats["records"] == len(records)
+    assert stats["kept_instructions"] == len({r["instruction_id"] for r in records})
+    return stats
+
+
+def test_alpaca_with_responses_keeps_a_checked_answer(tmp_path, templates):
+    script = Script()
+    with FaultServer(script=script) as srv:
+        stats = generate(_cfg(tmp_path, srv.url, templates, constraints=1.0, max_constraints=1))
+    records = _rows(tmp_path / "run" / "data.jsonl")
+    assert stats["kept_instructions"] == 6
+    for r in records:
+        assert len(r["candidates"]) == 4 and r["constraints"]
+        assert r["instruction"].startswith(r["base_instruction"]) and r["instruction"] != r["base_instruction"]
+        assert all(check_all(r["output"], r["constraints"]))
+        first_ok = next(i for i, c in enumerate(r["candidates"]) if not c["reasons"])
+        assert r["selected"] == first_ok and r["output"] == r["candidates"][first_ok]["text"]
+        assert r["output"] != "listed output 0"  # the list's own output is replaced by a response
+    _check_bookkeeping(tmp_path / "run")
+    assert stats["responses"]["candidates"] >= 24
+
+
+def test_responses_zero_keeps_the_listed_outputs(tmp_path, templates):
+    with FaultServer(script=Script()) as srv:
+        generate(_cfg(tmp_path, srv.url, templates, responses=0))
+    records = _rows(tmp_path / "run" / "data.jsonl")
+    assert len(records) == 6 and all(r["output"].startswith("listed output") for r in records)
+    assert not any("candidates" in r for r in records)
+
+
+def test_no_passing_candidate_drops_the_instance_and_counts_it(tmp_path, templates):
+    # every candidate is cut by the length limit: nothing may be kept, everything is counted
+    script = Script(answers=[("a cut answer that stops mid", "length")])
+    with FaultServer(script=script) as srv:
+        with pytest.raises(UserError, match="stopped after"):
+            generate(_cfg(tmp_path, srv.url, templates, num_instructions=2, max_requests=12))
+    run = tmp_path / "run"
+    assert _rows(run / "data.jsonl") == []
+    stats = _check_bookkeeping(run)
+    assert stats["rejections"]["cut_by_length_limit"] >= 1
+    assert stats["rejections"]["no_valid_response"] >= 1
+
+
+def test_one_bad_request_is_one_rejection(tmp_path, templates):
+    script = Script(refuse={("alpaca", 1): 400, ("respond", 2): 422})
+    with FaultServer(script=script) as srv:
+        stats = generate(_cfg(tmp_path, srv.url, templates))
+    assert stats["kept_instructions"] == 6
+    assert stats["rejections"]["bad_request"] == 2
+    rows = [r for r in _rows(tmp_path / "run" / "rejected.jsonl") if r["reason"] == "bad_request"]
+    assert {r["status"] for r in rows} == {400, 422} and all("scripted refusal" in r["message"] for r in rows)
+    _check_bookkeeping(tmp_path / "run")
+
+
+def test_unauthorized_ends_the_run_with_records_intact(tmp_path, templates):
+    script = Script(refuse={("alpaca", 3): 401})
+    with FaultServer(script=script) as srv:
+        with pytest.raises(TeacherError, match="401"):
+            generate(_cfg(tmp_path, srv.url, templates, num_instructions=40, concurrency=1))
+    records = _rows(tmp_path / "run" / "data.jsonl")  # every line parses: nothing torn
+    assert records and len({r["instruction_id"] for r in records}) <= 40
+
+
+def _estimate(text: str) -> int:
+    return -(-len(text.encode()) // 3) + 8
+
+
+def test_context_budget_lowers_max_tokens_and_drops_examples(tmp_path, templates):
+    window = 360
+    with FaultServer(script=Script(), max_model_len=window) as srv:
+        generate(_cfg(tmp_path, srv.url, templates, examples_per_prompt=6, max_tokens=1536, responses=0))
+        bodies = list(srv.bodies)
+    alpaca = [b for b in bodies if b["messages"][-1]["content"].startswith("STAGE=alpaca")]
+    assert alpaca
+    for b in alpaca:  # the stated estimate: prompt + completion always fit the window
+        prompt = sum(_estimate(m["content"]) for m in b["messages"]) + 8
+        assert prompt + b["max_tokens"] <= window
+        assert 128 <= b["max_tokens"] < 1536
+    shown = [b["messages"][-1]["content"].count("Instruction:") for b in alpaca]
+    assert max(shown) < 6  # six examples never fit: fewer were shown
+
+
+def test_prompt_that_cannot_fit_is_counted_not_sent(tmp_path, templates):
+    with FaultServer(script=Script(), max_model_len=120) as srv:
+        with pytest.raises(UserError, match="stopped after"):
+            generate(_cfg(tmp_path, srv.url, templates, max_requests=3))
+        assert srv.bodies == []
+    stats = _check_bookkeeping(tmp_path / "run")
+    assert stats["rejections"] == {"prompt_too_long": 3}
+
+
+def test_alpaca_launches_by_expected_yield(tmp_path, templates):
+    with FaultServer(script=Script(tasks_per_reply=8)) as srv:
+        generate(_cfg(tmp_path, srv.url, templates, num_instructions=4, concurrency=64, responses=0))
+        alpaca = [b for b in srv.bodies if b["messages"][-1]["content"].startswith("STAGE=alpaca")]
+    assert len(alpaca) <= 4  # not 64 requests of 8 tasks for a target of 4
+
+
+def test_self_instruct_with_responses(tmp_path, templates):
+    with FaultServer(script=Script()) as srv:
+        stats = generate(_cfg(tmp_path, srv.url, templates, mode="self-instruct", num_instructions=8))
+    records = _rows(tmp_path / "run" / "data.jsonl")
+    assert stats["kept_instructions"] == 8
+    cls = [r for r in records if r["is_classification"]]
+    other = [r for r in records if not r["is_classification"]]
+    assert other and all("candidates" in r for r in other)
+    assert all(r["output"] in ("alpha", "beta") and "candidates" not in r for r in cls)
+    st = _check_bookkeeping(tmp_path / "run")
+    assert st["rejections"].get("input_equals_output", 0) >= len(other)  # instance-level rows counted too
+
+
+def test_completion_api_with_json_schema(tmp_path, templates):
+    def script(kind, req):
+        assert kind == "completion"
+        if req["prompt"].startswith("STAGE=alpaca"):
+            assert req["response_format"]["type"] == "json_schema"
+            s = Script()
+            return json.dumps({"tasks": [{"instruction": s._instruction(), "input": "", "output": "x"}
+                                         for _ in range(3)]})
+        return "a short plain answer"
+
+    with FaultServer(script=script) as srv:
+        stats = generate(_cfg(tmp_path, srv.url, templates, api="completion", structured="json", num_instructions=2))
+    assert stats["kept_instructions"] == 2
+
+
+def test_resume_restores_pool_counts_and_budget_consistency(tmp_path, templates):
+    from generator.novelty import NoveltyPool  # noqa: F401 -- pool size checked through the pipeline
+    from generator.pipeline import Pipeline
+    from generator.runs import RunDir
+    from generator.seeds import load_seeds
+    from generator.templates import load_templates
+
+    script = Script(answers=["a short plain answer", ("cut", "length")])
+    with FaultServer(script=script) as srv:
+        generate(_cfg(tmp_path, srv.url, templates, num_instructions=3, mode="self-instruct"))
+        first = _rows(tmp_path / "run" / "rejected.jsonl")
+        cfg = _cfg(tmp_path, srv.url, templates, num_instructions=7, mode="self-instruct")
+        run = RunDir(cfg.out).open(cfg, {k: t.sha256 for k, t in load_templates(templates).items()})
+        seeds = load_seeds(SEEDS, need_instances=False)
+
+        class _C:  # the pool is built before any request: a client is not needed
+            usage = type("U", (), {"prompt_tokens": 0, "completion_tokens": 0})()
+
+        pipe = Pipeline(cfg, seeds, load_templates(templates), _C(), run, False)
+        in_pool = [r for r in first if r.get("in_pool")]
+        assert len(pipe.pool) == len(seeds) + 3 + len(in_pool)
+        run.close()
+        stats = generate(cfg)
+    assert stats["kept_instructions"] == 7
+    records = _rows(tmp_path / "run" / "data.jsonl")
+    assert len({r["base_instruction"] for r in records if r["instance_index"] == 0}) == 7
+    _check_bookkeeping(tmp_path / "run")
