@@ -394,7 +394,7 @@ def judge_lines(s: dict) -> list[str]:
     share = c.get("verdict_share") or {}
     detail = []
     if c.get("pairs"):
-        detail.append(f"verdict followed the position on {_pct(c['position_driven_rate'])} of {c['pairs']} pairs "
+        detail.append(f"verdict followed the position on {_pct(c['position_driven_rate'])} of {c['pairs']} pair(s) "
                       f"judged in both orders, the same answer won both orders on {_pct(c['consistent_rate'])}")
     if c.get("verdicts"):
         detail.append("verdicts " + " / ".join(f"{k} {_pct(share.get(k))}" for k in ("A", "B", "tie")))
@@ -429,8 +429,8 @@ def summary_lines(s: dict) -> list[str]:
 
 
 def report_md(summary: dict, results: list[dict], vrows: list[dict] | None = None, examples: int = 5) -> str:
-    lines = ["# Sprout evaluation", "", f"- reference eval items: {summary['items']}", f"- base model: `{summary['model']}`",
-             f"- adapter: `{summary['adapter']}`", "", "## Instruction following (verifiable constraints)", ""]
+    lines = ["# Sprout evaluation", "", f"- reference eval items: {summary['items']}",
+             f"- base model: `{summary['model']}`", f"- adapter: `{summary['adapter']}`", "", "## Instruction following (verifiable constraints)", ""]
     v = summary.get("verifiable")
     if v:
         header, rows = verifiable_table(v)
