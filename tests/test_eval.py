@@ -1,4 +1,5 @@
-"""`sprout eval` pieces that need no server: eval-set formats, adapter checks, judge scoring."""
+"""`sprout eval` pieces that need no server: eval-set formats, adapter checks, verifiable scoring,
+the paired bootstrap, judge scoring and the judge's position-consistency check."""
 
 from __future__ import annotations
 
@@ -8,8 +9,12 @@ import pytest
 
 from generator.errors import UserError
 from generator.parsing import parse_judge_verdict
-from trainer.evaluate import check_adapter, load_eval_set, overlap_warning
-from trainer.judge import bootstrap_ci, summarize
+from trainer.evaluate import (check_adapter, load_eval_set, load_verifiable_set, overlap_warning, report_md,
+                              score_verifiable, summarize_verifiable, summary_lines, verifiable_set_path)
+from trainer.judge import judge_pairs, judge_template, position_consistency, summarize
+from trainer.stats import bootstrap_ci, paired_bootstrap
+
+FIXTURE = "tests/verifiable_eval_fixture.jsonl"
 
 
 def test_eval_set_formats(tmp_path):
@@ -115,3 +120,222 @@ def test_judge_pairs_both_orders_against_a_server_without_verdicts():
     assert judged[1] == {"verdicts": [None, None], "score": None}
     s = summarize(judged)
     assert s["skipped_items"] == 1 and s["identical_answers"] == 1 and s["win_rate"] == 0.5
+
+
+# --- paired bootstrap ---------------------------------------------------------------------------
+
+
+def test_paired_bootstrap_identical_models_is_exactly_zero():
+    scores = [1, 0, 1, 1, 0, 0, 1, 0]
+    assert paired_bootstrap(scores, scores) == {"mean": 0.0, "ci95": [0.0, 0.0]}
+    assert paired_bootstrap(scores, scores, weights=[2] * 8) == {"mean": 0.0, "ci95": [0.0, 0.0]}
+
+
+def test_paired_bootstrap_clear_improvement_and_seed():
+    base = [1] * 10 + [0] * 30                      # 25%
+    student = [0] * 5 + [1] * 5 + [1] * 25 + [0] * 5  # 75%: worse on 5 prompts, better on 25
+    d = paired_bootstrap(base, student)
+    assert d["mean"] == 0.5 and 0 < d["ci95"][0] < 0.5 < d["ci95"][1] < 1
+    assert paired_bootstrap(base, student, seed=3) == paired_bootstrap(base, student, seed=3)
+    # The seed picks the resamples, never the mean.
+    runs = [paired_bootstrap(base, student, seed=k) for k in range(4)]
+    assert {r["mean"] for r in runs} == {0.5} and len({tuple(r["ci95"]) for r in runs}) > 1
+
+
+def test_paired_bootstrap_pools_constraints():
+    # Prompt-level rates would weigh each prompt once; constraint-level pools: (0 + 1 + 1) / 5.
+    d = paired_bootstrap([1, 0, 2], [1, 1, 3], weights=[1, 1, 3])
+    assert d["mean"] == 0.4 and d["ci95"][0] >= 0
+    with pytest.raises(ValueError, match="each prompt"):
+        paired_bootstrap([1], [1, 0])
+
+
+# --- verifiable eval ----------------------------------------------------------------------------
+
+FAKE_ANSWERS = {  # one per fixture prompt, with what the checks say in the comments
+    "base": ["Cats are soft, small and furry.",         # comma: miss
+             "Apple, Banana, Cherry",                   # capitals: miss
+             "Rain is water falling from clouds.",      # 6 words: met
+             "The sea is vast, blue and deep.",         # comma: miss; 7 words: met
+             "Sure! Here it is:\nhello there friend"],  # capitals only in the first line: loose meets it
+    "student": ["Cats are soft and small and furry.",
+                "apple, banana, cherry",
+                "Rain is water falling from clouds.",
+                "The sea is vast and blue and deep.",
+                "hello there, friend"],                 # lowercase met, comma missed
+}
+
+
+def test_verifiable_set_and_path():
+    items = load_verifiable_set(FIXTURE)
+    assert [it["id"] for it in items] == ["v1", "v2", "v3", "v4", "v5"]
+    assert items[3]["messages"] == [{"role": "user", "content": items[3]["instruction"]}]
+    assert items[3]["base_instruction"] == "Describe the sea." and len(items[3]["constraints"]) == 2
+    assert len(load_verifiable_set(FIXTURE, limit=2)) == 2
+    assert verifiable_set_path("none") is None and verifiable_set_path("") is None
+    assert str(verifiable_set_path(FIXTURE)) == FIXTURE
+
+
+@pytest.mark.parametrize("row, message", [
+    ({"id": "x", "instruction": "Hi.", "constraints": [{"type": "rhymes", "params": {}, "text": "Rhyme."}]},
+     r"line 2: field 'constraints\[0\].type': unknown constraint type 'rhymes'"),
+    ({"id": "x", "instruction": "Hi.", "constraints": [{"type": "max_words", "params": {}, "text": "Be brief."}]},
+     r"line 2: field 'constraints\[0\].params': not valid for max_words"),
+    ({"id": "x", "instruction": "Hi.", "constraints": []}, r"line 2: field 'constraints' must be a non-empty list"),
+    ({"id": "x", "constraints": [{"type": "lowercase"}]}, r"line 2: field 'instruction'"),
+])
+def test_verifiable_set_errors_name_line_and_field(tmp_path, row, message):
+    f = tmp_path / "v.jsonl"
+    good = open(FIXTURE).readline()
+    f.write_text(good + json.dumps(row) + "\n")
+    with pytest.raises(UserError, match=message):
+        load_verifiable_set(f)
+
+
+def test_verifiable_scoring_and_summary_numbers():
+    rows = score_verifiable(load_verifiable_set(FIXTURE), FAKE_ANSWERS)
+    assert rows[3]["strict"] == {"base": [False, True], "student": [True, True]}
+    assert rows[4]["strict"]["base"] == [False, True] and rows[4]["loose"]["base"] == [True, True]
+    assert rows[0]["answers"]["student"] == FAKE_ANSWERS["student"][0]
+    v = summarize_verifiable(rows)
+    assert (v["items"], v["constraints"]) == (5, 7)
+    # base strict: prompt 3 only; constraints met 0+0+1+1+1 of 7. Loose adds prompt 5's lowercase.
+    assert v["base"] == {"prompt_strict": 0.2, "constraint_strict": round(3 / 7, 4),
+                         "prompt_loose": 0.4, "constraint_loose": round(4 / 7, 4)}
+    assert v["student"] == {"prompt_strict": 0.8, "constraint_strict": round(6 / 7, 4),
+                            "prompt_loose": 0.8, "constraint_loose": round(6 / 7, 4)}
+    assert set(v["diff"]) == {"prompt_strict", "constraint_strict", "prompt_loose", "constraint_loose"}
+    assert v["diff"]["prompt_strict"]["mean"] == 0.6 and v["diff"]["constraint_strict"]["mean"] == round(3 / 7, 4)
+    assert v["diff"]["prompt_loose"]["mean"] == 0.4 and v["diff"]["constraint_loose"]["mean"] == round(2 / 7, 4)
+    for d in v["diff"].values():
+        assert d["ci95"][0] <= d["mean"] <= d["ci95"][1]
+    assert v["by_type_strict"] == {
+        "lowercase": {"constraints": 2, "base": 0.0, "student": 1.0},
+        "max_words": {"constraints": 2, "base": 1.0, "student": 1.0},
+        "no_commas": {"constraints": 3, "base": round(1 / 3, 4), "student": round(2 / 3, 4)}}
+    json.dumps(v)  # summary.json material
+
+
+def test_verifiable_without_a_student_has_no_difference():
+    v = summarize_verifiable(score_verifiable(load_verifiable_set(FIXTURE), {"base": FAKE_ANSWERS["base"]}))
+    assert "diff" not in v and "student" not in v and v["base"]["prompt_strict"] == 0.2
+
+
+def _summary(verifiable: dict, judged: list[dict] | None) -> dict:
+    s = {"items": 2, "model": "m", "adapter": "a", "base_reference_loss": 2.5, "student_reference_loss": 2.0,
+         "verifiable": {**verifiable, "set": FIXTURE}}
+    if judged:
+        s.update(summarize(judged), judge="tiny-judge")
+    return s
+
+
+def test_printout_and_report_lead_with_the_verifiable_result():
+    v = summarize_verifiable(score_verifiable(load_verifiable_set(FIXTURE), FAKE_ANSWERS))
+    good = [{"verdicts": ["B", "A"], "score": 1.0}, {"verdicts": ["A", "B"], "score": 0.0},
+            {"verdicts": ["B", "A"], "score": 1.0}]
+    lines = summary_lines(_summary(v, good))
+    assert lines[0].startswith("instruction following on 5 verifiable prompts (7 constraints")
+    assert "student - base" in lines[1]
+    strict = next(x for x in lines if x.strip().startswith("prompt-level, strict"))
+    assert "20.0%" in strict and "80.0%" in strict and "+60.0 pts" in strict
+    judge = next(i for i, x in enumerate(lines) if x.startswith("pairwise judge"))
+    assert judge > lines.index(strict) and "student win rate 0.667" in lines[judge]
+    md = report_md(_summary(v, good), [], score_verifiable(load_verifiable_set(FIXTURE), FAKE_ANSWERS))
+    assert md.index("## Instruction following") < md.index("## Pairwise judge") < md.index("## Reference answers")
+    assert "| prompt-level, strict | 20.0% | 80.0% | +60.0 pts |" in md
+    assert "no_commas MISSED" in md and "lowercase met" in md
+
+
+def test_uninformative_judge_is_said_plainly_not_headlined():
+    v = summarize_verifiable(score_verifiable(load_verifiable_set(FIXTURE), FAKE_ANSWERS))
+    always_a = [{"verdicts": ["A", "A"], "score": 0.5}] * 4
+    s = _summary(v, always_a)
+    lines = summary_lines(s)
+    text = "\n".join(lines)
+    assert "pairwise judge: NOT INFORMATIVE" in text and '"A" in 100% of its 8 verdicts' in text
+    assert "uninformative raw number" in text and "student win rate" not in text
+    md = report_md(s, [])
+    assert '**pairwise judge: NOT INFORMATIVE' in md and "student win rate" not in md
+
+
+# --- the judge's position consistency -------------------------------------------------------------
+
+
+class FakeJudge:
+    """A judge that reads the rendered prompt, as a real one does: `decide(a, b)` -> its reply."""
+
+    def __init__(self, decide):
+        self.decide = decide
+
+    async def chat(self, messages, **params):
+        import re
+
+        from generator.client import Completion
+
+        m = re.search(r"Response A:\n(.*?)\n\nResponse B:\n(.*?)\n\n", messages[-1]["content"], re.S)
+        return Completion([self.decide(m[1], m[2])], ["stop"], 0, 0, "fake", "fake")
+
+
+JUDGE_ITEMS = [{"instruction": f"Question {i}", "input": "", "base": f"plain answer {i}",
+                "student": f"better answer {i}"} for i in range(6)]
+
+
+def _judge(decide) -> dict:
+    import asyncio
+
+    return summarize(asyncio.run(judge_pairs(FakeJudge(decide), judge_template(), JUDGE_ITEMS, structured=False)))
+
+
+def test_judge_always_answering_a_is_uninformative():
+    s = _judge(lambda a, b: "A")
+    assert s["win_rate"] == 0.5 and s["win_rate_ci95"] == [0.5, 0.5]  # the number that measures nothing
+    assert s["judge_informative"] is False and '"A" in 100%' in s["judge_uninformative_reason"]
+    c = s["judge_consistency"]
+    assert (c["pairs"], c["position_driven"], c["consistent"], c["position_driven_rate"]) == (6, 6, 0, 1.0)
+    assert c["verdict_share"] == {"A": 1.0, "B": 0.0, "tie": 0.0}
+
+
+def test_judge_preferring_the_students_text_in_either_position():
+    s = _judge(lambda a, b: "A" if a.startswith("better") else "B")
+    assert s["win_rate"] == 1.0 and s["judge_informative"] is True and s["judge_uninformative_reason"] is None
+    c = s["judge_consistency"]
+    assert (c["consistent"], c["consistent_rate"], c["position_driven"]) == (6, 1.0, 0)
+    assert c["verdict_share"] == {"A": 0.5, "B": 0.5, "tie": 0.0}
+    assert _judge(lambda a, b: "A" if a.startswith("plain") else "B")["win_rate"] == 0.0  # and the base's
+
+
+def test_judge_consistency_mixed_exact_numbers():
+    judged = [
+        {"verdicts": ["B", "A"], "score": 1.0},    # student won both orders: consistent
+        {"verdicts": ["A", "B"], "score": 0.0},    # base won both orders: consistent
+        {"verdicts": ["A", "A"], "score": 0.5},    # same letter: position-driven
+        {"verdicts": ["B", "B"], "score": 0.5},    # same letter: position-driven
+        {"verdicts": ["tie", "A"], "score": 0.75},  # mixed
+        {"verdicts": ["identical", "identical"], "score": 0.5},  # never judged: not counted
+        {"verdicts": [None, "A"], "score": 1.0},   # half a pair: a verdict, not a pair
+        {"verdicts": [None, None], "score": None},
+    ]
+    c = position_consistency(judged)
+    assert c == {"pairs": 5, "consistent": 2, "position_driven": 2, "mixed": 1, "consistent_rate": 0.4,
+                 "position_driven_rate": 0.4, "verdicts": 11,
+                 "verdict_share": {"A": round(6 / 11, 4), "B": round(4 / 11, 4), "tie": round(1 / 11, 4)}}
+    s = summarize(judged)
+    assert s["judge_informative"] is True and s["win_rate"] == round(4.25 / 7, 4)
+
+
+@pytest.mark.parametrize("pairs, informative, reason", [
+    # 5 x AA + 4 x BB + 1 x BA: letters balanced (A 55%), but 90% position-driven
+    ([("A", "A")] * 5 + [("B", "B")] * 4 + [("B", "A")], False, "90% of the 10 pairs"),
+    # 8 x AA + BA + AB: position-driven 80%, but "A" is 18 of 20 verdicts
+    ([("A", "A")] * 8 + [("B", "A"), ("A", "B")], False, '"A" in 90% of its 20 verdicts'),
+    # 8 x AA + BA + tie/tie: position-driven 80%, "A" 17 of 20 = 85%: just informative
+    ([("A", "A")] * 8 + [("B", "A"), ("tie", "tie")], True, None),
+    # always "tie": a win rate of exactly 0.5 that says nothing
+    ([("tie", "tie")] * 6, False, '"tie" in 100%'),
+])
+def test_judge_informative_thresholds(pairs, informative, reason):
+    s = summarize([{"verdicts": list(p), "score": 0.5} for p in pairs])
+    assert s["judge_informative"] is informative
+    assert (reason is None) == (s["judge_uninformative_reason"] is None)
+    if reason:
+        assert reason in s["judge_uninformative_reason"]

@@ -107,13 +107,35 @@ def make_train(root):
     return train
 
 
-def make_eval(root):
-    ev = root / "eval"
+VERIFIABLE = {
+    "items": 40, "constraints": 64, "set": "seeds/verifiable_eval.jsonl",
+    "base": {"prompt_strict": 0.25, "constraint_strict": 0.4, "prompt_loose": 0.3, "constraint_loose": 0.45},
+    "student": {"prompt_strict": 0.55, "constraint_strict": 0.7, "prompt_loose": 0.6, "constraint_loose": 0.75},
+    "diff": {"prompt_strict": {"mean": 0.3, "ci95": [0.125, 0.475]},
+             "constraint_strict": {"mean": 0.3, "ci95": [0.2, 0.4]},
+             "prompt_loose": {"mean": 0.3, "ci95": [0.1, 0.5]},
+             "constraint_loose": {"mean": 0.3, "ci95": [0.15, 0.45]}},
+    "by_type_strict": {"no_commas": {"constraints": 30, "base": 0.2, "student": 0.6},
+                       "max_words": {"constraints": 34, "base": 0.5, "student": 0.8}},
+}
+CONSISTENT_JUDGE = {"judge_informative": True, "judge_uninformative_reason": None, "judge_consistency": {
+    "pairs": 4, "consistent": 3, "position_driven": 1, "mixed": 0, "consistent_rate": 0.75,
+    "position_driven_rate": 0.25, "verdicts": 8, "verdict_share": {"A": 0.5, "B": 0.5, "tie": 0.0}}}
+A_JUDGE = {"win_rate": 0.5, "win_rate_ci95": [0.5, 0.5], "student_wins": 0, "ties": 4, "base_wins": 0,
+           "judge_informative": False,
+           "judge_uninformative_reason": 'the judge answered "A" in 100% of its 8 verdicts, whatever the answers were',
+           "judge_consistency": {"pairs": 4, "consistent": 0, "position_driven": 4, "mixed": 0, "consistent_rate": 0.0,
+                                 "position_driven_rate": 1.0, "verdicts": 8,
+                                 "verdict_share": {"A": 1.0, "B": 0.0, "tie": 0.0}}}
+
+
+def make_eval(root, name="eval", **extra):
+    ev = root / name
     ev.mkdir()
     (ev / "summary.json").write_text(json.dumps({
         "items": 4, "win_rate": 0.625, "win_rate_ci95": [0.375, 0.875], "judged_items": 4, "skipped_items": 0,
         "student_wins": 2, "ties": 1, "base_wins": 1, "base_reference_loss": 2.5, "student_reference_loss": 2.1,
-        "base_rouge_l": 0.14, "student_rouge_l": 0.19, "judge": "tiny-judge"}))
+        "base_rouge_l": 0.14, "student_rouge_l": 0.19, "judge": "tiny-judge", **extra}))
     _jsonl(ev / "results.jsonl", [
         {"instruction": f"Eval question {i} <img src=x onerror=alert(2)>", "input": "", "reference": f"ref {i}",
          "answers": {"base": f"base answer {i}", "student": f"student answer {i}"},
@@ -127,8 +149,8 @@ def full_report(tmp_path_factory):
     root = tmp_path_factory.mktemp("report")
     run, _ = make_run(root)
     out = root / "out" / "report.html"
-    rc = main(["report", str(run), "--train", str(make_train(root)), "--eval", str(make_eval(root)),
-               "--out", str(out)])
+    rc = main(["report", str(run), "--train", str(make_train(root)),
+               "--eval", str(make_eval(root, verifiable=VERIFIABLE, **CONSISTENT_JUDGE)), "--out", str(out)])
     assert rc == 0
     return out
 
@@ -146,11 +168,19 @@ def test_report_has_every_section_chart_and_number(full_report):
     page = full_report.read_text(encoding="utf-8")
     for heading in HEADINGS:
         assert f">{heading}</h2>" in page
-    # counts, lengths, verb–noun, nearest-neighbour, loss, verdicts
-    assert page.count(IMG) == 6
+    # counts, lengths, verb–noun, nearest-neighbour, loss, verifiable pass rates, verdicts
+    assert page.count(IMG) == 7
     sizes = _png_sizes(page)
-    assert len(sizes) == 6 and all(w > 200 and h > 100 for w, h in sizes)
+    assert len(sizes) == 7 and all(w > 200 and h > 100 for w, h in sizes)
+    # The eval's headline is the verifiable result; the judge comes after it, with its consistency.
+    headline = ("Prompts meeting every constraint: student <strong>55.0%</strong>, base <strong>25.0%</strong> "
+                "(+30.0 points, 95% CI +12.5 to +47.5)")
+    assert headline in page
+    assert "<td>constraint-level, loose</td><td>45.0%</td><td>75.0%</td><td>+30.0 pts</td><td>+15.0 to +45.0</td>" in page
+    assert "<td>no_commas</td><td>30</td><td>20.0%</td><td>60.0%</td>" in page
+    assert page.index(headline) < page.index(">Pairwise judge (secondary)</h3>") < page.index("<strong>62.5%</strong>")
     assert "<strong>62.5%</strong>" in page and "37.5%–87.5%" in page
+    assert "<td>same answer won in both orders (consistent)</td><td>75.0%</td>" in page
     assert "Method:" in page
     # Tallies come from stats.json, not from the (shorter) rejected.jsonl.
     assert "<td>not_novel</td><td>7</td>" in page
@@ -177,6 +207,28 @@ def test_optional_sections_are_left_out(tmp_path, capsys):
     assert page.count('<div class="card">') == 3
     assert "word-order heuristic" in page
     assert "report.html" in capsys.readouterr().out
+
+
+def test_uninformative_judge_is_not_shown_as_a_result(tmp_path):
+    run, _ = make_run(tmp_path)
+    ev = make_eval(tmp_path, verifiable=VERIFIABLE, **A_JUDGE)
+    assert main(["report", str(run), "--eval", str(ev), "--out", str(tmp_path / "r.html")]) == 0
+    page = (tmp_path / "r.html").read_text(encoding="utf-8")
+    assert "<strong>The judge is not informative:</strong> the judge answered &quot;A&quot; in 100%" in page
+    assert "Uninformative raw number, for the record only: win rate 50.0% (95% CI 50.0%–50.0%)" in page
+    assert "Student win rate" not in page and "<strong>50.0%</strong>" not in page
+    assert "<td>same letter in both orders (verdict followed the position)</td><td>100.0%</td>" in page
+    assert page.count(IMG) == 5  # counts, lengths, verb–noun, nearest-neighbour, verifiable: no verdict chart
+
+
+def test_eval_folder_without_verifiable_results_keeps_the_judge_headline(tmp_path):
+    run, _ = make_run(tmp_path)
+    ev = make_eval(tmp_path)  # an older sprout eval: no verifiable block, no consistency numbers
+    assert main(["report", str(run), "--eval", str(ev), "--out", str(tmp_path / "r.html")]) == 0
+    page = (tmp_path / "r.html").read_text(encoding="utf-8")
+    assert "No verifiable instruction-following eval in this folder." in page
+    assert '<p class="headline">Student win rate vs base: <strong>62.5%</strong> (95% CI 37.5%–87.5%)</p>' in page
+    assert page.count(IMG) == 5  # counts, lengths, verb–noun, nearest-neighbour, verdicts
 
 
 @pytest.mark.parametrize("args, where", [
@@ -258,4 +310,4 @@ def test_report_renders_in_headless_chromium(full_report, tmp_path):
     assert proc.returncode == 0, proc.stderr[-2000:]
     match = re.search(r"<title>decoded (\d+) of (\d+)</title>", proc.stdout)
     assert match, proc.stdout[:500] + proc.stderr[-1000:]
-    assert (int(match[1]), int(match[2])) == (6, 6)
+    assert (int(match[1]), int(match[2])) == (7, 7)

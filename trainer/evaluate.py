@@ -1,11 +1,18 @@
 """`sprout eval`: base model vs base + LoRA adapter on a held-out eval set.
 
 1. One vLLM server (generator.server, the one place that starts vLLM) serves the base model with
-   the adapter as model `student`; every instruction is answered by both, greedily.
-2. Scores: loss on the reference answers (teacher-forced, computed here with transformers and
-   the trainer's own formatting, so it is the same loss training minimised), ROUGE-L against the
-   reference, and a pairwise judge in both orders with a bootstrap 95% interval (trainer.judge).
-3. Writes OUT/results.jsonl (per item), OUT/summary.json and OUT/report.md.
+   the adapter as model `student`; every prompt is answered by both, greedily.
+2. The headline -- instruction following measured by a program, so no capable judge is needed:
+   the verifiable set's prompts carry constraints (no commas, at most N words, ...) that
+   generator.verifiers checks. Per model: prompt-level accuracy (every constraint met) and
+   constraint-level accuracy, strict and loose (IFEval's two modes); and the student-minus-base
+   difference of each with a paired bootstrap 95% interval over prompts (trainer.stats).
+3. Secondary scores on the reference eval set: loss on the reference answers (teacher-forced,
+   computed here with transformers and the trainer's own formatting, so it is the same loss
+   training minimised), ROUGE-L against the reference, and a pairwise judge in both orders with a
+   bootstrap 95% interval -- reported as uninformative when its verdicts follow the answer
+   position rather than the answers (trainer.judge), as a small judge's do.
+4. Writes OUT/verifiable.jsonl and OUT/results.jsonl (per prompt), OUT/summary.json, OUT/report.md.
 """
 
 from __future__ import annotations
@@ -20,6 +27,10 @@ from pathlib import Path
 from generator.errors import UserError
 from generator.seeds import parse_task, read_rows
 
+VERIFIABLE_KEYS = ("prompt_strict", "constraint_strict", "prompt_loose", "constraint_loose")
+VERIFIABLE_LABELS = {"prompt_strict": "prompt-level, strict", "constraint_strict": "constraint-level, strict",
+                     "prompt_loose": "prompt-level, loose", "constraint_loose": "constraint-level, loose"}
+
 
 @dataclass
 class EvalConfig:
@@ -27,6 +38,9 @@ class EvalConfig:
     out: str = ""
     model: str | None = None  # base model; None = the embedded SmolLM2-135M-Instruct
     adapter: str | None = None  # PEFT adapter folder (sprout train's OUT/adapter)
+    verifiable_set: str | None = None  # default: the shipped seeds/verifiable_eval.jsonl; "none" skips
+    verifiable_limit: int | None = None  # first N verifiable prompts only
+    judge: bool = True  # false: no pairwise judge (a small judge's verdicts say little; see trainer.judge)
     judge_url: str | None = None  # default: the base model on the eval server judges
     judge_model: str | None = None
     judge_template: str | None = None
@@ -64,6 +78,106 @@ def load_eval_set(path: str | Path, limit: int | None = None) -> list[dict]:
             raise UserError(f"{where}: unknown eval set format; rows need 'instruction' (Alpaca / Self-Instruct) "
                             "or 'messages' (chat)")
     return items[:limit] if limit else items
+
+
+def verifiable_set_path(value: str | None) -> Path | None:
+    """The verifiable set to use: the given file, None for "none"/"", else the shipped one."""
+    from generator.resources import data_dir
+
+    if value is not None:
+        return None if value.strip().lower() in ("", "none") else Path(value)
+    shipped = data_dir("seeds") / "verifiable_eval.jsonl"
+    if not shipped.is_file():  # an installation older than the set: say so, and evaluate the rest
+        print(f"warning: {shipped} is missing; the verifiable instruction-following eval is skipped",
+              file=sys.stderr)
+        return None
+    return shipped
+
+
+def load_verifiable_set(path: str | Path, limit: int | None = None) -> list[dict]:
+    """Rows {id, instruction, base_instruction, constraints: [{type, params, text}]} as eval items."""
+    from generator import verifiers
+
+    rows, unit = read_rows(path)
+    items = []
+    for n, row in rows:
+        where = f"{path} {unit} {n}"
+        if not isinstance(row, dict):
+            raise UserError(f"{where}: expected an object with 'instruction' and 'constraints'")
+        instruction = row.get("instruction")
+        if not isinstance(instruction, str) or not instruction.strip():
+            raise UserError(f"{where}: field 'instruction' must be a non-empty string")
+        constraints = row.get("constraints")
+        if not isinstance(constraints, list) or not constraints:
+            raise UserError(f"{where}: field 'constraints' must be a non-empty list of {{type, params, text}}")
+        for k, c in enumerate(constraints):
+            field = f"{where}: field 'constraints[{k}]"
+            if not isinstance(c, dict) or c.get("type") not in verifiers.TYPES:
+                got = c.get("type") if isinstance(c, dict) else c
+                raise UserError(f"{field}.type': unknown constraint type {got!r}; this Sprout knows "
+                                f"{', '.join(sorted(verifiers.TYPES))}")
+            try:  # a dry run: a missing or mistyped parameter fails here, naming the row
+                verifiers.check("x", c)
+            except (KeyError, TypeError, ValueError, AttributeError) as err:
+                raise UserError(f"{field}.params': not valid for {c['type']} ({type(err).__name__}: {err})") from None
+        items.append({"id": str(row.get("id", n)), "instruction": instruction,
+                      "base_instruction": row.get("base_instruction") or "", "constraints": constraints,
+                      "messages": [{"role": "user", "content": instruction}]})
+    return items[:limit] if limit else items
+
+
+def score_verifiable(items: list[dict], answers: dict[str, list[str]]) -> list[dict]:
+    """Per prompt: each model's answer and which of its constraints the answer met, strict and loose.
+    `answers` maps a model ("base", "student") to its answers in item order."""
+    from generator.verifiers import check_all
+
+    rows = []
+    for k, it in enumerate(items):
+        got = {m: a[k] for m, a in answers.items()}
+        rows.append({"id": it["id"], "instruction": it["instruction"], "base_instruction": it["base_instruction"],
+                     "constraints": it["constraints"], "answers": got,
+                     "strict": {m: check_all(a, it["constraints"]) for m, a in got.items()},
+                     "loose": {m: check_all(a, it["constraints"], loose=True) for m, a in got.items()}})
+    return rows
+
+
+def summarize_verifiable(rows: list[dict]) -> dict:
+    """Accuracies per model, and student minus base with paired bootstrap 95% intervals.
+
+    prompt-level: share of prompts whose answer met every constraint; constraint-level: share of
+    all constraints met, pooled over prompts (a prompt with three constraints counts three times).
+    Both resample prompts, so a prompt's constraints move together."""
+    from trainer.stats import paired_bootstrap
+
+    models = list(rows[0]["answers"]) if rows else []
+    counts = [len(r["constraints"]) for r in rows]
+    out: dict = {"items": len(rows), "constraints": sum(counts)}
+
+    def per_prompt(model: str, mode: str, level: str) -> list[int]:
+        passes = [r[mode][model] for r in rows]
+        return [int(all(p)) for p in passes] if level == "prompt" else [sum(p) for p in passes]
+
+    for m in models:
+        out[m] = {f"{level}_{mode}": round(sum(per_prompt(m, mode, level)) / (len(rows) if level == "prompt"
+                                                                           else sum(counts)), 4)
+                  for level, mode in (k.split("_") for k in VERIFIABLE_KEYS)}
+    if "base" in models and "student" in models:
+        out["diff"] = {}
+        for key in VERIFIABLE_KEYS:
+            level, mode = key.split("_")
+            out["diff"][key] = paired_bootstrap(per_prompt("base", mode, level), per_prompt("student", mode, level),
+                                                None if level == "prompt" else counts)
+    by_type: dict[str, dict] = {}
+    for r in rows:
+        for k, c in enumerate(r["constraints"]):
+            t = by_type.setdefault(c["type"], {"constraints": 0, **{m: 0 for m in models}})
+            t["constraints"] += 1
+            for m in models:
+                t[m] += int(r["strict"][m][k])
+    out["by_type_strict"] = {name: {"constraints": t["constraints"],
+                                    **{m: round(t[m] / t["constraints"], 4) for m in models}}
+                             for name, t in sorted(by_type.items())}
+    return out
 
 
 def check_adapter(adapter: str, base_path: str) -> Path:
@@ -156,15 +270,18 @@ def overlap_warning(items: list[dict], train_data: str | None) -> str | None:
     return None
 
 
-async def _evaluate(cfg: EvalConfig, url: str, base_name: str, items: list[dict], has_student: bool) -> tuple:
+async def _evaluate(cfg: EvalConfig, url: str, base_name: str, items: list[dict], vitems: list[dict],
+                    has_student: bool) -> tuple:
     from generator.client import ClientConfig, TeacherClient, api_key_from_env
     from trainer.judge import judge_pairs, judge_template
 
     models = [base_name] + (["student"] if has_student else [])
     async with TeacherClient(url, model=base_name, cfg=ClientConfig(concurrency=cfg.concurrency)) as client:
-        answers = await _answer_all(client, items, models, cfg.max_tokens)
+        # Both sets in flight together: the client's concurrency limit keeps the server busy.
+        answers, vanswers = await asyncio.gather(_answer_all(client, items, models, cfg.max_tokens),
+                                                 _answer_all(client, vitems, models, cfg.max_tokens))
         judged = None
-        if has_student:
+        if has_student and cfg.judge:
             for k, it in enumerate(items):
                 it["base"], it["student"] = answers[base_name][k], answers["student"][k]
             tmpl = judge_template(cfg.judge_template)
@@ -174,7 +291,9 @@ async def _evaluate(cfg: EvalConfig, url: str, base_name: str, items: list[dict]
                     judged = await judge_pairs(judge, tmpl, items, structured=False)
             else:  # the base model on our own vLLM server: JSON-schema verdicts cannot be unreadable
                 judged = await judge_pairs(client, tmpl, items, structured=True)
-    return answers, judged
+    # Served names -> "base" / "student" for everything written out.
+    rename = {base_name: "base", "student": "student"}
+    return ({rename[m]: a for m, a in answers.items()}, {rename[m]: a for m, a in vanswers.items()}, judged)
 
 
 def evaluate(cfg: EvalConfig) -> dict:
@@ -187,6 +306,8 @@ def evaluate(cfg: EvalConfig) -> dict:
     if not cfg.out:
         raise UserError("--out: name the folder for results, e.g. --out runs/eval1")
     items = load_eval_set(cfg.eval_set or data_dir("seeds") / "eval_set.jsonl", cfg.limit)
+    vpath = verifiable_set_path(cfg.verifiable_set)
+    vitems = load_verifiable_set(vpath, cfg.verifiable_limit) if vpath else []
     base_path = resolve_model(cfg.model)
     adapter = check_adapter(cfg.adapter, base_path) if cfg.adapter else None
     train_data = cfg.train_data
@@ -201,23 +322,25 @@ def evaluate(cfg: EvalConfig) -> dict:
     out = Path(cfg.out)
     out.mkdir(parents=True, exist_ok=True)
     serve = ServeConfig(model=cfg.model, port=free_port(), lora=[f"student={adapter}"] if adapter else [])
-    print(f"answering {len(items)} items with base{' and student' if adapter else ''} (vLLM)...", file=sys.stderr)
+    print(f"answering {len(items)} items and {len(vitems)} verifiable prompts with base"
+          f"{' and student' if adapter else ''} (vLLM)...", file=sys.stderr)
     with VLLMServer(serve) as srv:
-        answers, judged = asyncio.run(_evaluate(cfg, srv.base_url, srv.model_name, items, adapter is not None))
+        answers, vanswers, judged = asyncio.run(_evaluate(cfg, srv.base_url, srv.model_name, items, vitems,
+                                                          adapter is not None))
     losses = reference_losses(base_path, adapter, items) if cfg.loss else [{} for _ in items]
-    models = list(answers)
+    vrows = score_verifiable(vitems, vanswers)
     results = []
     for k, it in enumerate(items):
         row = {"instruction": it["instruction"], "input": it["input"], "reference": it["reference"],
-               "answers": {("base" if m == models[0] else m): answers[m][k] for m in models},
-               "loss": losses[k]}
+               "answers": {m: a[k] for m, a in answers.items()}, "loss": losses[k]}
         if it["reference"].strip():
             row["rouge_l"] = {name: round(rouge_l(ans, it["reference"]), 4) for name, ans in row["answers"].items()}
         if judged:
             row["judge"] = judged[k]
         results.append(row)
     summary = {"items": len(items), "model": base_path, "adapter": str(adapter) if adapter else None,
-               "eval_set": str(cfg.eval_set or "seeds/eval_set.jsonl"), "overlap_warning": warning}
+               "eval_set": str(cfg.eval_set or "seeds/eval_set.jsonl"), "overlap_warning": warning,
+               "verifiable": {**summarize_verifiable(vrows), "set": str(vpath)} if vrows else None}
     for name in ("base", "student"):
         ls = [r["loss"][name] for r in results if name in r["loss"]]
         rs = [r["rouge_l"][name] for r in results if "rouge_l" in r and name in r["rouge_l"]]
@@ -228,29 +351,121 @@ def evaluate(cfg: EvalConfig) -> dict:
     if judged:
         summary.update(summarize(judged))
         summary["judge"] = cfg.judge_model or cfg.judge_url or f"{srv.model_name} (base model, same server)"
-    with open(out / "results.jsonl", "w", encoding="utf-8") as f:
-        for r in results:
-            f.write(json.dumps(r, ensure_ascii=False) + "\n")
+    for name, rows in (("results.jsonl", results), ("verifiable.jsonl", vrows)):
+        with open(out / name, "w", encoding="utf-8") as f:
+            for r in rows:
+                f.write(json.dumps(r, ensure_ascii=False) + "\n")
     (out / "summary.json").write_text(json.dumps(summary, indent=2))
-    (out / "report.md").write_text(report_md(summary, results))
+    (out / "report.md").write_text(report_md(summary, results, vrows))
     (out / "eval_config.json").write_text(json.dumps(asdict(cfg), indent=2))
     return summary
 
 
-def report_md(summary: dict, results: list[dict], examples: int = 5) -> str:
-    lines = ["# Sprout evaluation", "", f"- items: {summary['items']}", f"- base model: `{summary['model']}`",
-             f"- adapter: `{summary['adapter']}`"]
+def _pct(x) -> str:
+    return "n/a" if x is None else f"{100 * x:.1f}%"
+
+
+def _pts(diff: dict) -> tuple[str, str]:
+    """A difference of rates in percentage points, and its interval."""
+    if diff.get("mean") is None:
+        return "n/a", ""
+    lo, hi = diff["ci95"]
+    return f"{100 * diff['mean']:+.1f} pts", f"{100 * lo:+.1f} to {100 * hi:+.1f}"
+
+
+def verifiable_table(v: dict) -> tuple[list[str], list[list[str]]]:
+    """(header, rows) of the verifiable result: one row per measure, base / student / difference."""
+    models = [m for m in ("base", "student") if m in v]
+    header = ["measure", *models] + (["student - base", "95% CI (paired bootstrap)"] if "diff" in v else [])
+    rows = []
+    for key in VERIFIABLE_KEYS:
+        row = [VERIFIABLE_LABELS[key], *(_pct(v[m][key]) for m in models)]
+        if "diff" in v:
+            row += list(_pts(v["diff"][key]))
+        rows.append(row)
+    return header, rows
+
+
+def judge_lines(s: dict) -> list[str]:
+    """The pairwise judge in words: its win rate only when its verdicts carry information."""
+    if s.get("win_rate") is None:
+        return []
+    c = s.get("judge_consistency") or {}
+    share = c.get("verdict_share") or {}
+    detail = []
+    if c.get("pairs"):
+        detail.append(f"verdict followed the position on {_pct(c['position_driven_rate'])} of {c['pairs']} pair(s) "
+                      f"judged in both orders, the same answer won both orders on {_pct(c['consistent_rate'])}")
+    if c.get("verdicts"):
+        detail.append("verdicts " + " / ".join(f"{k} {_pct(share.get(k))}" for k in ("A", "B", "tie")))
+    raw = (f"win rate {s['win_rate']:.3f} (95% CI {s['win_rate_ci95'][0]:.3f}-{s['win_rate_ci95'][1]:.3f}, "
+           f"{s['judged_items']} items)")
+    if s.get("judge_informative") is False:
+        lines = [f"pairwise judge: NOT INFORMATIVE -- {s['judge_uninformative_reason']}; "
+                 "its win rate measures nothing and is not a result",
+                 f"  uninformative raw number, for the record: {raw}"]
+    else:
+        lines = [f"pairwise judge: student {raw}"]
+    return lines + ([f"  judge consistency: {'; '.join(detail)}"] if detail else [])
+
+
+def summary_lines(s: dict) -> list[str]:
+    """What `sprout eval` prints, headline first: verifiable instruction following, then the
+    pairwise judge (secondary, flagged when uninformative), then the reference-answer scores."""
+    v = s.get("verifiable")
+    if v:
+        header, rows = verifiable_table(v)
+        widths = [max(len(str(r[i])) for r in [header, *rows]) for i in range(len(header))]
+        lines = [f"instruction following on {v['items']} verifiable prompts ({v['constraints']} constraints, "
+                 "checked by program; strict and loose as in IFEval):"]
+        lines += ["  " + "  ".join(str(c).ljust(w) for c, w in zip(r, widths)).rstrip() for r in [header, *rows]]
+    else:
+        lines = ["instruction following: not measured (no verifiable set)"]
+    lines += judge_lines(s)
+    for key in ("base_reference_loss", "student_reference_loss", "base_rouge_l", "student_rouge_l"):
+        if key in s:
+            lines.append(f"{key}: {s[key]}")
+    return lines
+
+
+def report_md(summary: dict, results: list[dict], vrows: list[dict] | None = None, examples: int = 5) -> str:
+    lines = ["# Sprout evaluation", "", f"- reference eval items: {summary['items']}",
+             f"- base model: `{summary['model']}`", f"- adapter: `{summary['adapter']}`", "", "## Instruction following (verifiable constraints)", ""]
+    v = summary.get("verifiable")
+    if v:
+        header, rows = verifiable_table(v)
+        lines += [f"{v['items']} prompts from `{v.get('set')}` with {v['constraints']} constraints that a program "
+                  "checks (generator.verifiers); greedy answers. Prompt-level: every constraint met; "
+                  "constraint-level: share of all constraints met. Loose also accepts the answer without "
+                  "markdown emphasis or its first / last line. The interval resamples prompts, both models "
+                  "together.", "",
+                  "| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
+        lines += ["| " + " | ".join(r) + " |" for r in rows]
+        by_type = v.get("by_type_strict") or {}
+        if by_type:
+            models = [m for m in ("base", "student") if m in v]
+            lines += ["", "Strict pass rate by constraint type:", "",
+                      "| type | constraints | " + " | ".join(models) + " |", "|" + "---|" * (2 + len(models))]
+            lines += [f"| {t} | {d['constraints']} | " + " | ".join(_pct(d[m]) for m in models) + " |"
+                      for t, d in by_type.items()]
+    else:
+        lines.append("Not measured: no verifiable set was given (or the shipped one is missing).")
+    lines += ["", "## Pairwise judge (secondary)", ""]
+    judge = judge_lines(summary)
+    if judge:
+        if summary.get("judge_informative") is False:
+            judge[0] = f"**{judge[0]}**"
+        lines += [f"- {line.strip()}" for line in judge]
+        lines.append(f"- {summary['skipped_items']} items skipped (no readable verdict); judge: {summary['judge']}")
+    else:
+        lines.append("Not run.")
+    lines += ["", "## Reference answers", ""]
     for key in ("base_reference_loss", "student_reference_loss", "base_rouge_l", "student_rouge_l"):
         if key in summary:
             lines.append(f"- {key.replace('_', ' ')}: {summary[key]}")
-    if summary.get("win_rate") is not None:
-        lo, hi = summary["win_rate_ci95"]
-        lines += [f"- **student win rate vs base: {summary['win_rate']:.3f}** (95% bootstrap interval {lo:.3f} - "
-                  f"{hi:.3f}; {summary['judged_items']} items judged in both orders, {summary['skipped_items']} "
-                  f"skipped; judge: {summary['judge']})"]
     if summary.get("overlap_warning"):
         lines.append(f"- {summary['overlap_warning']}")
-    lines += ["", "## Examples", ""]
+    lines += ["", "## Examples", ""] if results else [""]
     for r in results[:examples]:
         lines += [f"### {r['instruction'][:120]}", ""]
         if r["input"]:
@@ -261,15 +476,29 @@ def report_md(summary: dict, results: list[dict], examples: int = 5) -> str:
         if "judge" in r:
             lines.append(f"- judge verdicts (student as B, then as A): {r['judge']['verdicts']}")
         lines.append("")
+    if vrows:
+        lines += ["## Verifiable examples", ""]
+        for r in vrows[:examples]:
+            lines += [f"### {r['instruction'][:200]}", ""]
+            for name, ans in r["answers"].items():
+                marks = ", ".join(f"{c['type']} {'met' if ok else 'MISSED'}"
+                                  for c, ok in zip(r["constraints"], r["strict"][name]))
+                lines.append(f"- {name} ({marks}): {ans[:300]}")
+            lines.append("")
     return "\n".join(lines)
 
 
 def add_eval_args(p) -> None:
     a = p.add_argument
     a("--eval-set", help="eval items: Alpaca / Self-Instruct / messages rows (default: shipped seeds/eval_set.jsonl)")
-    a("--out", help="folder for results.jsonl, summary.json, report.md")
+    a("--out", help="folder for verifiable.jsonl, results.jsonl, summary.json, report.md")
     a("--model", help="base model (default: the embedded SmolLM2-135M-Instruct)")
     a("--adapter", help="LoRA adapter folder from sprout train (OUT/adapter)")
+    a("--verifiable-set", help="prompts with checkable constraints, the headline instruction-following eval "
+      "(default: shipped seeds/verifiable_eval.jsonl; 'none' skips it)")
+    a("--verifiable-limit", type=int, help="evaluate the first N verifiable prompts only")
+    a("--no-judge", dest="judge", action="store_false", default=None,
+      help="skip the pairwise LLM judge (a small judge's verdicts follow the answer position)")
     a("--judge-url", help="OpenAI-compatible judge (default: the base model on the eval server)")
     a("--judge-model")
     a("--judge-template", help="Jinja judge prompt (default: prompts/judge.jinja)")
@@ -286,11 +515,7 @@ def run_eval(args) -> int:
 
     cfg = load_config(EvalConfig, args.config, {k: v for k, v in vars(args).items() if k not in ("config", "func")})
     s = evaluate(cfg)
-    print(f"wrote {cfg.out}/summary.json, results.jsonl, report.md")
-    for key in ("base_reference_loss", "student_reference_loss", "base_rouge_l", "student_rouge_l"):
-        if key in s:
-            print(f"{key}: {s[key]}")
-    if s.get("win_rate") is not None:
-        print(f"student win rate vs base: {s['win_rate']:.3f} (95% CI {s['win_rate_ci95'][0]:.3f}-"
-              f"{s['win_rate_ci95'][1]:.3f}, {s['judged_items']} items)")
+    print(f"wrote {cfg.out}/summary.json, verifiable.jsonl, results.jsonl, report.md")
+    for line in summary_lines(s):
+        print(line)
     return 0

@@ -6,8 +6,9 @@ evaluation that used it.
 The file stands alone: charts are PNGs inlined as data URIs, styles are inline, there is no
 script, so it can be mailed, attached to an issue or opened offline. Sections: counts and
 rejection reasons, length histograms, Self-Instruct's verb–noun diversity chart, nearest-neighbour
-ROUGE-L, sample records, training loss, evaluation win rate. A section whose input is missing is
-left out. Every piece of record text is teacher output -- untrusted -- and is HTML-escaped.
+ROUGE-L, sample records, training loss, evaluation (verifiable instruction following first; the
+pairwise judge second, flagged when its verdicts follow the answer position). A section whose
+input is missing is left out. Every piece of record text is teacher output -- untrusted -- and is HTML-escaped.
 """
 
 from __future__ import annotations
@@ -312,31 +313,92 @@ def _train_section(doc: _Doc, train_dir: Path) -> None:
     doc.add("training", "Training", body)
 
 
-def _eval_section(doc: _Doc, eval_dir: Path, n: int) -> None:
+def _judge_html(doc: _Doc, summary: dict, headline: bool) -> str:
+    """The pairwise judge: its win rate only when its verdicts carry information, and always how
+    consistent they were across the two answer orders."""
     from trainer import report_charts as charts
 
+    wr = summary.get("win_rate")
+    if not isinstance(wr, (int, float)):
+        return "<p>No judge verdicts in this evaluation.</p>"
+    lo, hi = (summary.get("win_rate_ci95") or [None, None])[:2]
+    ci = f" (95% CI {_pct(lo)}–{_pct(hi)})" if isinstance(lo, (int, float)) and isinstance(hi, (int, float)) else ""
+    judged = (f"{e(_fmt(summary.get('judged_items')))} items judged in both orders, "
+              f"{e(_fmt(summary.get('skipped_items', 0)))} skipped; a tie counts half. "
+              f"Judge: {e(summary.get('judge', '?'))}.")
+    if summary.get("judge_informative") is False:
+        body = (f'<p class="warn"><strong>The judge is not informative:</strong> '
+                f"{e(summary.get('judge_uninformative_reason') or 'no reason recorded')}. Its win rate measures "
+                "nothing and is not a result.</p>"
+                f'<p class="muted">Uninformative raw number, for the record only: win rate {_pct(wr)}{e(ci)}; '
+                f"{judged}</p>")
+    else:
+        cls = ' class="headline"' if headline else ""
+        body = f"<p{cls}>Student win rate vs base: <strong>{_pct(wr)}</strong>{e(ci)}</p><p>{judged}</p>"
+        counts = [summary.get(k) for k in ("student_wins", "ties", "base_wins")]
+        if all(isinstance(c, int) for c in counts) and sum(counts):
+            body += doc.img(charts.verdict_chart(*counts), "judge verdicts")
+    c = summary.get("judge_consistency")
+    if isinstance(c, dict) and c.get("verdicts"):
+        share = c.get("verdict_share") or {}
+        rate = lambda x: _pct(x) if isinstance(x, (int, float)) else "n/a"  # noqa: E731
+        body += _table([("pairs with a verdict in both orders", c.get("pairs")),
+                        ("same letter in both orders (verdict followed the position)",
+                         rate(c.get("position_driven_rate"))),
+                        ("same answer won in both orders (consistent)", rate(c.get("consistent_rate"))),
+                        ("verdicts A / B / tie", " / ".join(rate(share.get(k)) for k in ("A", "B", "tie")))],
+                       cls="kv")
+    return body
+
+
+def _verifiable_html(doc: _Doc, v: dict) -> str:
+    from trainer import report_charts as charts
+    from trainer.evaluate import VERIFIABLE_LABELS, verifiable_table
+
+    models = [m for m in ("base", "student") if isinstance(v.get(m), dict)]
+    rate = {m: v[m].get("prompt_strict") for m in models}
+    if "diff" in v and len(models) == 2:
+        d = v["diff"]["prompt_strict"]
+        lo, hi = d["ci95"]
+        body = (f'<p class="headline">Prompts meeting every constraint: student <strong>{_pct(rate["student"])}'
+                f'</strong>, base <strong>{_pct(rate["base"])}</strong> '
+                f"({100 * d['mean']:+.1f} points, 95% CI {100 * lo:+.1f} to {100 * hi:+.1f})</p>")
+    else:
+        body = (f'<p class="headline">Prompts meeting every constraint: '
+                + ", ".join(f"{m} <strong>{_pct(rate[m])}</strong>" for m in models) + "</p>")
+    body += (f"<p>{e(_fmt(v.get('items')))} prompts with {e(_fmt(v.get('constraints')))} constraints (no commas, "
+             "at most N words, ...) that a program checks, so no judge is involved; greedy answers. "
+             "Prompt-level: every constraint of the prompt met; constraint-level: share of all constraints met. "
+             "Loose also accepts an answer without markdown emphasis or without its first or last line. The "
+             "interval of the difference is a paired bootstrap over prompts.</p>")
+    header, rows = verifiable_table(v)
+    body += _table([tuple(r) for r in rows], tuple(header))
+    body += doc.img(charts.verifiable_chart({m: v[m] for m in models}, VERIFIABLE_LABELS), "verifiable pass rates")
+    by_type = v.get("by_type_strict") or {}
+    if by_type:
+        body += "<h3>Strict pass rate by constraint type</h3>" + _table(
+            [(t, d.get("constraints"), *(_pct(d[m]) if isinstance(d.get(m), (int, float)) else "n/a" for m in models))
+             for t, d in by_type.items()], ("type", "constraints", *models))
+    return body
+
+
+def _eval_section(doc: _Doc, eval_dir: Path, n: int) -> None:
     summary = _read_json(eval_dir / "summary.json")
     if summary is None:
         raise UserError(f"{eval_dir}: no summary.json; pass a folder made by sprout eval")
     results = _read_jsonl(eval_dir / "results.jsonl")
-    wr = summary.get("win_rate")
-    if isinstance(wr, (int, float)):
-        lo, hi = (summary.get("win_rate_ci95") or [None, None])[:2]
-        ci = f" (95% CI {_pct(lo)}–{_pct(hi)})" if isinstance(lo, (int, float)) and isinstance(hi, (int, float)) else ""
-        body = (f'<p class="headline">Student win rate vs base: <strong>{_pct(wr)}</strong>{e(ci)}</p>'
-                f"<p>{e(_fmt(summary.get('judged_items')))} items judged in both orders, "
-                f"{e(_fmt(summary.get('skipped_items', 0)))} skipped; a tie counts half. "
-                f"Judge: {e(summary.get('judge', '?'))}.</p>")
-        counts = [summary.get(k) for k in ("student_wins", "ties", "base_wins")]
-        if all(isinstance(c, int) for c in counts) and sum(counts):
-            body += doc.img(charts.verdict_chart(*counts), "judge verdicts")
-    else:
-        body = "<p>No judge verdicts in this evaluation.</p>"
+    v = summary.get("verifiable")
+    if isinstance(v, dict) and v.get("items"):
+        body = "<h3>Instruction following (verifiable constraints)</h3>" + _verifiable_html(doc, v)
+        body += "<h3>Pairwise judge (secondary)</h3>" + _judge_html(doc, summary, headline=False)
+    else:  # a folder from before the verifiable eval, or one run with --verifiable-set none
+        body = ("<p>No verifiable instruction-following eval in this folder.</p>"
+                + _judge_html(doc, summary, headline=True))
     metric_rows = [(name, summary.get(f"base_{key}"), summary.get(f"student_{key}"))
                    for name, key in (("loss on reference answers", "reference_loss"), ("ROUGE-L to reference", "rouge_l"))
                    if f"base_{key}" in summary or f"student_{key}" in summary]
     if metric_rows:
-        body += _table(metric_rows, ("metric", "base", "student"))
+        body += "<h3>Reference answers</h3>" + _table(metric_rows, ("metric", "base", "student"))
     if summary.get("overlap_warning"):
         body += f'<p class="warn">{e(summary["overlap_warning"])}</p>'
     items = []
@@ -436,7 +498,7 @@ def _write(cfg: ReportConfig) -> tuple[Path, int]:
 def add_report_args(p) -> None:
     p.add_argument("run", nargs="?", help="run folder made by sprout generate (holds data.jsonl)")
     p.add_argument("--train", metavar="DIR", help="sprout train output: adds the loss curves")
-    p.add_argument("--eval", metavar="DIR", help="sprout eval output: adds the win rate and examples")
+    p.add_argument("--eval", metavar="DIR", help="sprout eval output: adds instruction following, the judge, examples")
     p.add_argument("--out", metavar="FILE.html", help="report file to write (default RUN/report.html)")
     p.add_argument("--samples", type=int, metavar="N", help="sample records and eval items to show (default 8)")
     p.add_argument("--verb-parser", choices=VERB_PARSERS,

@@ -341,3 +341,27 @@ def verdict_chart(student: int, ties: int, base: int) -> str:
     ax.set_xlabel("judged items")
     ax.set_title("Judge verdicts per item (both answer orders averaged)", fontsize=10)
     return _uri(fig)
+
+
+def verifiable_chart(rates: dict[str, dict[str, float]], labels: dict[str, str]) -> str:
+    """Pass rates per measure (rows) for each model (bars): rates[model][measure], 0..1."""
+    import numpy as np
+
+    models = list(rates)
+    measures = list(labels)
+    fig = _figure(7.5, 0.8 + 0.55 * len(measures))
+    ax = fig.add_subplot()
+    height = 0.8 / max(len(models), 1)
+    colors = {"base": "#bfbfbf", "student": "#9bbb59"}
+    y = np.arange(len(measures))[::-1]
+    for k, m in enumerate(models):
+        values = [100 * rates[m][key] for key in measures]
+        bars = ax.barh(y + (len(models) / 2 - k - 0.5) * height, values, height, label=m,
+                       color=colors.get(m, "#4f81bd"), edgecolor="white")
+        ax.bar_label(bars, labels=[f"{v:.1f}%" for v in values], padding=3, fontsize=8)
+    ax.set_yticks(y, [labels[key] for key in measures])
+    ax.set_xlim(0, 112)
+    ax.set_xlabel("% met")
+    ax.legend(fontsize=8, loc="upper left", bbox_to_anchor=(1.0, 1.0))  # outside: bars may reach 100%
+    ax.set_title("Verifiable instruction following: pass rates", fontsize=10)
+    return _uri(fig)
