@@ -21,6 +21,8 @@ EXAMPLES = {
     "export": "sprout export runs/gen1 --format messages --out data.jsonl",
     "compare": "sprout compare runs/gen1 runs/gen2",
     "dedup": "sprout dedup in.jsonl out.jsonl --threshold 0.7",
+    "score": "sprout score alpaca_data.json --out scored.jsonl --score verifiers,judge --judge-url "
+             "http://127.0.0.1:8000/v1 --min-score 7",
 }
 
 HELP = {
@@ -33,6 +35,7 @@ HELP = {
     "export": "export a run's dataset as Alpaca JSONL, chat messages, HF datasets or parquet",
     "compare": "compare two generation runs: counts, lengths, diversity, overlap",
     "dedup": "drop near-duplicate instructions (ROUGE-L) from an existing dataset",
+    "score": "score and filter any dataset's responses: verifiers, LLM judge rating, reward model",
 }
 
 
@@ -103,6 +106,7 @@ SUBCOMMANDS = {
     "export": _lazy("export", "generator.export", "add_export_args"),
     "compare": _lazy("compare", "generator.export", "add_compare_args"),
     "dedup": _lazy("dedup", "generator.novelty", "add_dedup_args"),
+    "score": _lazy("score", "generator.score", "add_score_args"),
     "report": _lazy("report", "trainer.report", "add_report_args"),
 }
 

@@ -302,7 +302,8 @@ class Pipeline:
         cfg = self.cfg
         if cfg.responses <= 0 or is_cls:
             return self._accept(iid, instruction, instruction, instances, is_cls, similar, prov, out, [])
-        constraints = sample_constraints(self.rng, constraint_count(self.rng, cfg.constraints, cfg.max_constraints))
+        k = constraint_count(self.rng, cfg.constraints, cfg.max_constraints)
+        constraints = sample_constraints(self.rng, k) if k else []
         full = augment(instruction, constraints) if constraints else instruction
         answered = await asyncio.gather(*[self._respond(full, inst["input"], constraints) for inst in instances])
         good = []

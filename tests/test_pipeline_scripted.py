@@ -259,3 +259,71 @@ def test_resume_restores_pool_counts_and_budget_consistency(tmp_path, templates)
     records = _rows(tmp_path / "run" / "data.jsonl")
     assert len({r["base_instruction"] for r in records if r["instance_index"] == 0}) == 7
     _check_bookkeeping(tmp_path / "run")
+
+
+# -- sprout score: the same scorers over a dataset that already exists ----------------------------
+
+def test_score_filters_any_dataset_and_rescoring_a_run_reselects(tmp_path, templates):
+    from generator.score import ScoreRunConfig, score
+
+    data = tmp_path / "alpaca.jsonl"
+    rows = [{"instruction": "Say hi. Use no commas.", "input": "", "output": "hi there",
+             "constraints": [{"type": "no_commas", "params": {}, "text": "Use no commas."}]},
+            {"instruction": "Say hi. Use no commas.", "input": "", "output": "hi, there",
+             "constraints": [{"type": "no_commas", "params": {}, "text": "Use no commas."}]},
+            {"messages": [{"role": "user", "content": "Name a fruit."}, {"role": "assistant", "content": ""}]},
+            {"messages": [{"role": "user", "content": "Name a fruit."}, {"role": "assistant", "content": "A pear."}]}]
+    data.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    stats = score(ScoreRunConfig(data=str(data), out=str(tmp_path / "scored.jsonl")))
+    assert stats["kept"] == 2 and stats["rejections"] == {"constraint_failed": 1, "empty_response": 1}
+    kept = _rows(tmp_path / "scored.jsonl")
+    assert [r.get("output") or r["messages"][-1]["content"] for r in kept] == ["hi there", "A pear."]
+    assert kept[0]["scores"] == {"verifiers": 1.0}
+    assert len(_rows(tmp_path / "scored.jsonl.rejected.jsonl")) == 2
+
+    # a run's records keep their candidates: rescoring picks again without a teacher
+    with FaultServer(script=Script()) as srv:
+        generate(_cfg(tmp_path, srv.url, templates, num_instructions=3, constraints=1.0, max_constraints=1))
+    stats = score(ScoreRunConfig(data=str(tmp_path / "run"), out=str(tmp_path / "rescored.jsonl")))
+    assert stats["kept"] == 3
+    before = {r["id"]: r for r in _rows(tmp_path / "run" / "data.jsonl")}
+    for r in _rows(tmp_path / "rescored.jsonl"):
+        assert r["selected"] == before[r["id"]]["selected"] and r["output"] == before[r["id"]]["output"]
+
+
+def test_score_cli_errors_are_one_line(tmp_path):
+    from generator.cli import main
+
+    bad = tmp_path / "bad.jsonl"
+    bad.write_text('{"prompt": "x"}\n')
+    assert main(["score", str(bad), "--out", str(tmp_path / "o.jsonl")]) == 2
+    assert main(["score", str(bad), "--out", str(tmp_path / "o.jsonl"), "--score", "judge,nope"]) == 2
+    assert main(["score", str(bad), "--out", str(tmp_path / "o.jsonl"), "--min-score", "5"]) == 2
+
+
+def test_reward_model_scores_and_selects(tmp_path):
+    """A tiny sequence-classification model built here: its scores land in the candidates and
+    the selection follows them (highest combined score)."""
+    import asyncio
+
+    import torch
+    from transformers import AutoTokenizer, LlamaConfig, LlamaForSequenceClassification
+
+    from generator.models import embedded_model_dir
+    from generator.scoring import RewardModel, ScoreConfig, Scorer, new_candidate
+
+    tok = AutoTokenizer.from_pretrained(embedded_model_dir())
+    torch.manual_seed(0)
+    cfg = LlamaConfig(vocab_size=len(tok), hidden_size=32, intermediate_size=64, num_hidden_layers=1,
+                      num_attention_heads=2, num_key_value_heads=2, num_labels=1, pad_token_id=tok.pad_token_id or 0)
+    path = tmp_path / "rm"
+    LlamaForSequenceClassification(cfg).save_pretrained(path)
+    tok.save_pretrained(path)
+    rm = RewardModel(str(path))
+    answers = ["first answer", "a second, longer answer", "third"]
+    expected = rm.score_batch("Say something.", answers)
+    cands = [new_candidate(a) for a in answers]
+    scorer = Scorer(ScoreConfig(score=["reward"], reward_model=str(path)), reward=rm)
+    best, reason = asyncio.run(scorer("Say something.", "Say something.", "", cands, []))
+    assert reason is None and [c["scores"]["reward"] for c in cands] == expected
+    assert best == max(range(3), key=lambda i: (expected[i], -i))
