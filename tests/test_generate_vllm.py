@@ -89,3 +89,23 @@ def test_changed_config_needs_force(vllm_teacher, tmp_path, capsys):
     assert "stopped after 0 requests" in capsys.readouterr().err
     assert main(base + ["--mode", "self-instruct"]) == 2
     assert "--force" in capsys.readouterr().err
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("mode", ["alpaca", "self-instruct"])
+def test_paper_sized_seeds_reach_the_target_with_default_settings(vllm_teacher, tmp_path, mode):
+    """Issue 8's new-user command: a seed file the size and length of Self-Instruct's, default
+    settings, the embedded teacher. The window is told to be 1024 tokens (the server has more),
+    so the long seed prompts must be fitted -- fewer examples, lower max_tokens -- never refused."""
+    run = tmp_path / mode
+    assert main(["generate", "--seeds", "seeds/paper_sized_seeds.jsonl", "--out", str(run), "--teacher-url",
+                 vllm_teacher.base_url, "--num-instructions", "4", "--mode", mode, "--max-model-len", "1024"]) == 0
+    stats = json.loads((run / "stats.json").read_text())
+    assert stats["kept_instructions"] == 4
+    assert "bad_request" not in stats["rejections"]
+    rows = [json.loads(line) for line in (run / "rejected.jsonl").read_text().splitlines()]
+    assert stats["rejections"] == {k: sum(r["reason"] == k for r in rows) for k in stats["rejections"]}
+    recs = _records(run)
+    for r in recs:
+        if not r["is_classification"]:
+            assert r["candidates"][r["selected"]]["text"] == r["output"] and not r["candidates"][r["selected"]]["reasons"]

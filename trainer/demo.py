@@ -3,6 +3,13 @@
     seeds -> sprout generate (vLLM teacher) -> data.jsonl -> sprout train (LoRA) -> adapter
           -> sprout eval (base vs student on held-out items) -> sprout report (one HTML file)
 
+The path is the one that gets usable data out of a weak teacher: every instruction answered in
+chat form N times, most of them with verifiable constraints appended, only answers that pass
+every check kept (best-of-N rejection sampling). The headline is what a program can check: the
+student's instruction-following pass rate on held-out verifiable prompts against its base's,
+with a paired 95% interval -- not a judge's win rate (a 135M judge is not informative, and the
+eval says so).
+
 The stages talk only through files in OUT/ (the dataset file is the contract), so rerunning the
 demo resumes: a finished stage is skipped, generation continues where it stopped. `--fresh`
 starts over. Defaults fit a 2-core CPU with the embedded 135M model; flags scale it up on a GPU
@@ -20,12 +27,16 @@ from pathlib import Path
 
 # (full, --quick) sizes; --quick is what CI runs and must stay under ~5 minutes on 2 cores
 SIZES = {
-    "num_instructions": (60, 16),
-    "max_steps": (60, 8),
-    "eval_limit": (40, 8),
+    "num_instructions": (300, 16),
+    "responses": (8, 4),
+    "epochs": (3, 1),
+    "max_steps": (None, 8),  # full: whole epochs
+    "eval_limit": (40, 8),  # reference-answer items (loss, ROUGE-L, judge)
+    "verifiable_limit": (None, 40),  # held-out verifiable prompts; full: all of them
     "max_length": (512, 256),
-    "answer_tokens": (192, 96),
+    "answer_tokens": (256, 128),
 }
+CONSTRAINT_SHARE = 0.8  # most demo instructions carry a checkable constraint: the headline measures them
 
 
 @dataclass
@@ -39,12 +50,16 @@ class DemoConfig:
     teacher_model: str | None = None  # model to serve as teacher (default: embedded)
     student: str | None = None  # student base model (default: embedded)
     num_instructions: int | None = None
+    responses: int | None = None
+    epochs: int | None = None
     max_steps: int | None = None
     eval_limit: int | None = None
+    verifiable_limit: int | None = None
     max_length: int | None = None
     answer_tokens: int | None = None
+    judge: bool = True  # the pairwise judge (secondary; flagged when uninformative)
 
-    def size(self, name: str) -> int:
+    def size(self, name: str) -> int | None:
         value = getattr(self, name)
         return value if value is not None else SIZES[name][1 if self.quick else 0]
 
@@ -68,10 +83,14 @@ def demo(cfg: DemoConfig) -> dict:
     times = {}
 
     t = _stage(f"1/4 generate {cfg.size('num_instructions')} instructions ({cfg.mode})")
+    from generator.resources import data_dir
+
+    held_out = data_dir("seeds") / "verifiable_eval.jsonl"
     gen = GenerateConfig(out=str(out / "data"), seeds=cfg.seeds, mode=cfg.mode,
                          num_instructions=cfg.size("num_instructions"), teacher_url=cfg.teacher_url,
-                         model=cfg.teacher_model, teacher_model=None, concurrency=32, max_tokens=400,
-                         tasks_per_prompt=6)
+                         model=cfg.teacher_model, teacher_model=None, concurrency=32,
+                         responses=cfg.size("responses"), constraints=CONSTRAINT_SHARE,
+                         decontaminate=[str(held_out)] if held_out.is_file() else [])
     gen_stats = generate(gen)
     times["generate_s"] = round(time.monotonic() - t, 1)
 
@@ -84,7 +103,8 @@ def demo(cfg: DemoConfig) -> dict:
     else:
         trained_now = True
         train_summary = train(TrainConfig(data=str(out / "data"), out=str(train_dir), model=cfg.student,
-                                          max_steps=cfg.size("max_steps"), max_length=cfg.size("max_length"),
+                                          max_steps=cfg.size("max_steps"), epochs=cfg.size("epochs"),
+                                          max_length=cfg.size("max_length"),
                                           batch_size=4, eval_fraction=0.1, eval_every=max(cfg.size("max_steps") // 2, 1),
                                           save_every=0, lr=5e-4, overwrite=True))
     times["train_s"] = round(time.monotonic() - t, 1)
@@ -96,6 +116,7 @@ def demo(cfg: DemoConfig) -> dict:
     else:
         eval_summary = evaluate(EvalConfig(out=str(out / "eval"), model=cfg.student,
                                            adapter=str(train_dir / "adapter"), limit=cfg.size("eval_limit"),
+                                           verifiable_limit=cfg.size("verifiable_limit"), judge=cfg.judge,
                                            max_tokens=cfg.size("answer_tokens")))
     times["eval_s"] = round(time.monotonic() - t, 1)
 
@@ -105,11 +126,17 @@ def demo(cfg: DemoConfig) -> dict:
     report = write_report(str(out / "data"), str(train_dir), str(out / "eval"), str(out / "report.html"))
     times["report_s"] = round(time.monotonic() - t, 1)
 
+    v = eval_summary.get("verifiable") or {}
     headline = {
         "kept_instructions": gen_stats.get("kept_instructions"), "records": gen_stats.get("records"),
+        "teacher_completion_tokens": gen_stats.get("completion_tokens"),
+        "teacher_constraint_pass_rate": (gen_stats.get("responses") or {}).get("constraint_pass_rate"),
         "train_final_loss": train_summary.get("final_loss"), "train_eval_loss": train_summary.get("eval_loss"),
+        "verifiable_items": v.get("items"), "verifiable_base": v.get("base"), "verifiable_student": v.get("student"),
+        "verifiable_diff": v.get("diff"),
         "base_reference_loss": eval_summary.get("base_reference_loss"),
         "student_reference_loss": eval_summary.get("student_reference_loss"),
+        "judge_informative": eval_summary.get("judge_informative"),
         "win_rate": eval_summary.get("win_rate"), "win_rate_ci95": eval_summary.get("win_rate_ci95"),
         **times,
     }
@@ -122,9 +149,29 @@ Sprout demo finished in {sum(times.values()):.0f} s
   training     {train_dir / 'metrics.jsonl'}, {train_dir / 'loss.png'}
   evaluation   {out / 'eval' / 'summary.json'}, {out / 'eval' / 'report.md'}, {out / 'eval' / 'results.jsonl'}
   report       {report}
+  {_headline_line(headline)}
   reference loss on held-out answers: base {headline['base_reference_loss']} -> student {headline['student_reference_loss']}
-  judge win rate of student vs base: {headline['win_rate']} (95% CI {headline['win_rate_ci95']})""")
+  {_judge_line(headline)}""")
     return headline
+
+
+def _headline_line(h: dict) -> str:
+    if not h.get("verifiable_diff"):
+        return "instruction following: not measured (no verifiable eval set)"
+    b, s, d = h["verifiable_base"], h["verifiable_student"], h["verifiable_diff"]
+    parts = [f"{name}-level {b[key]:.3f} -> {s[key]:.3f} ({d[key]['mean']:+.3f}, 95% CI "
+             f"{d[key]['ci95'][0]:+.3f}..{d[key]['ci95'][1]:+.3f})"
+             for name, key in (("constraint", "constraint_strict"), ("prompt", "prompt_strict"))]
+    return f"HEADLINE instruction following on {h['verifiable_items']} held-out verifiable prompts, base -> student: " \
+           + "; ".join(parts)
+
+
+def _judge_line(h: dict) -> str:
+    if h.get("win_rate") is None:
+        return "pairwise judge: not run"
+    if h.get("judge_informative") is False:
+        return "pairwise judge: NOT INFORMATIVE (it follows the position, not the answers; see the eval report)"
+    return f"judge win rate of student vs base: {h['win_rate']} (95% CI {h['win_rate_ci95']})"
 
 
 def add_demo_args(p) -> None:
@@ -138,8 +185,12 @@ def add_demo_args(p) -> None:
     a("--teacher-model", help="model to serve as teacher (default: embedded SmolLM2-135M-Instruct)")
     a("--student", help="student base model (default: embedded SmolLM2-135M-Instruct)")
     a("--num-instructions", type=int)
+    a("--responses", type=int, help="samples per instruction for best-of-N (default 8; --quick 4)")
+    a("--epochs", type=int)
     a("--max-steps", type=int)
     a("--eval-limit", type=int)
+    a("--verifiable-limit", type=int, help="held-out verifiable prompts to evaluate (default all; --quick 40)")
+    a("--no-judge", dest="judge", action="store_false", default=None, help="skip the pairwise judge")
     a("--max-length", type=int)
     a("--answer-tokens", type=int)
     p.set_defaults(func=run_demo)
