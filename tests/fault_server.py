@@ -20,6 +20,7 @@ class FaultServer:
         self.plan = list(plan or [])
         self.default = default
         self.requests: list[tuple[float, str]] = []  # (time, action) per request
+        self.seen: list[tuple[str, str]] = []  # (path with query, Authorization header) per POST
         self.lock = threading.Lock()
         server = self
 
@@ -46,6 +47,7 @@ class FaultServer:
                 length = int(self.headers.get("Content-Length", 0))
                 req = json.loads(self.rfile.read(length) or b"{}")
                 with server.lock:
+                    server.seen.append((self.path, self.headers.get("Authorization", "")))
                     action = server.plan.pop(0) if server.plan else server.default
                     server.requests.append((time.monotonic(), action))
                 kind, _, arg = action.partition(":")
