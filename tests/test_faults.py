@@ -131,6 +131,40 @@ def test_generate_handles_sigterm_and_sighup_like_ctrl_c(tmp_path):
         RunLock(out).release()  # free again: the lock went with the process
 
 
+class _StaticServer(VLLMServer):
+    """VLLMServer's start/stop path with a stdlib HTTP server standing in for vLLM."""
+
+    def __init__(self, root: Path, **kw):
+        from generator.server import free_port
+
+        super().__init__(ServeConfig(port=free_port(), **kw), log_path=root / "server.log")
+        self.root = root
+
+    def command(self, model_path: str):
+        cmd, env = super().command(model_path)
+        i = cmd.index("--hf-token")  # a secret flag a logged command line must not show
+        serve = f"exec {sys.executable} -m http.server {self.cfg.port} --bind 127.0.0.1 --directory {self.root}"
+        return ["sh", "-c", serve, "sh", *cmd[i:i + 2]], env
+
+
+def test_vllm_server_records_itself_logs_no_key_and_leaves_nothing(tmp_path, monkeypatch):
+    monkeypatch.setenv("SPROUT_HOME", str(tmp_path / "home"))
+    (tmp_path / "v1").mkdir()
+    (tmp_path / "v1" / "models").write_text('{"data": []}')
+    srv = _StaticServer(tmp_path, extra_args=["--hf-token", "sk-hf-secret"])
+    srv.start("unused-model-path")  # no preflight: the model path is given
+    try:
+        records = list((tmp_path / "home" / "run").glob("vllm-*.json"))
+        assert [json.loads(r.read_text())["pgid"] for r in records] == [srv.group.pgid]
+        assert stale_servers() == []  # its Sprout (this process) is alive
+        pgid = srv.group.pgid
+    finally:
+        srv.stop()
+    assert not group_alive(pgid) and not list((tmp_path / "home" / "run").glob("vllm-*.json"))
+    logged = (tmp_path / "server.log").read_text().splitlines()[0]
+    assert logged.startswith("$ ") and "sk-hf-secret" not in logged and "--hf-token ***" in logged
+
+
 def test_serve_api_key_stays_out_of_logs_and_command_line(tmp_path):
     srv = VLLMServer(ServeConfig(extra_args=["--api-key", "sk-serve-secret", "--seed", "1"]))
     cmd, env = srv.command("/models/m")
