@@ -65,11 +65,6 @@ def cmd_serve(args) -> int:
     extra = [a for a in (args.extra_args or []) if a != "--"] or None
     cfg = load_config(ServeConfig, args.config, {**vars(args), "extra_args": extra})
     srv = VLLMServer(cfg)
-
-    def _term(signum, frame):  # SIGTERM behaves like Ctrl-C: unwind and stop the process group
-        raise KeyboardInterrupt
-
-    signal.signal(signal.SIGTERM, _term)
     model_path = srv.preflight()
     print(f"starting vLLM on {cfg.host}:{cfg.port} (log: {srv.log_path})", file=sys.stderr, flush=True)
     try:
@@ -128,6 +123,25 @@ def build_parser(commands: list[str] | None = None) -> argparse.ArgumentParser:
     return parser
 
 
+class Terminated(KeyboardInterrupt):
+    """SIGTERM or SIGHUP (a closed SSH session): unwinds like Ctrl-C, so every `finally` runs --
+    servers stopped, files flushed, locks released."""
+
+    def __init__(self, signum: int):
+        super().__init__(signal.Signals(signum).name)
+        self.signum = signum
+
+
+def _raise_terminated(signum, frame):
+    raise Terminated(signum)
+
+
+def handle_termination() -> dict:
+    """SIGTERM and SIGHUP behave like Ctrl-C (main thread only, where Python delivers signals);
+    returns the previous handlers."""
+    return {sig: signal.signal(sig, _raise_terminated) for sig in (signal.SIGTERM, signal.SIGHUP)}
+
+
 def main(argv: list[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else argv
     # Build only the subcommand asked for: the others may import heavy libraries.
@@ -137,14 +151,22 @@ def main(argv: list[str] | None = None) -> int:
     if not getattr(args, "func", None):
         parser.print_help()
         return 0 if not argv else 2
+    import threading
+
+    previous = handle_termination() if threading.current_thread() is threading.main_thread() else {}
     try:
         return int(args.func(args) or 0)
     except UserError as e:
         print(f"sprout {args.command}: error: {e}", file=sys.stderr)
         return e.exit_code
-    except KeyboardInterrupt:
-        print("interrupted", file=sys.stderr)
-        return 130
+    except KeyboardInterrupt as e:
+        signum = getattr(e, "signum", signal.SIGINT)
+        print(f"interrupted ({signal.Signals(signum).name})", file=sys.stderr)
+        return 128 + signum
+    finally:  # main() may be called in-process (tests, notebooks): leave the handlers as found
+        for sig, handler in previous.items():
+            if handler is not None:
+                signal.signal(sig, handler)
 
 
 if __name__ == "__main__":

@@ -7,7 +7,8 @@ What it adds over a bare `openai.AsyncOpenAI` loop:
 - several base URLs: each request goes to the least-loaded endpoint that is not resting; an
   endpoint that fails rests (backoff doubling per consecutive failure) while the others carry on;
 - token usage counted across all requests.
-API keys come from the environment only and are never stored on the object's public state.
+API keys come from the environment only and are never stored on the object's public state;
+URLs are redacted (generator.redact) wherever they are stored or printed.
 """
 
 from __future__ import annotations
@@ -17,10 +18,12 @@ import os
 import random
 import time
 from dataclasses import dataclass, field
+from urllib.parse import parse_qsl, urlsplit, urlunsplit
 
 import openai
 
 from generator.errors import UserError
+from generator.redact import redact_url
 
 
 class TeacherError(UserError):
@@ -77,21 +80,43 @@ class ClientConfig:
     rest_max: float = 30.0  # longest rest for a failing endpoint
 
 
-def api_key_from_env(env_name: str | None = None) -> str:
-    """The key from $env_name (or $OPENAI_API_KEY); vLLM needs none, so a placeholder otherwise."""
+def api_key_from_env(env_name: str | None = None, urls: str | list[str] | None = None) -> str:
+    """The API key to send to the teacher at `urls`.
+
+    With `env_name` (--api-key-env): that variable, which must be set. Without it, $OPENAI_API_KEY is
+    sent only when every URL's host is api.openai.com: the variable is commonly set for other tools,
+    and sending it to whatever --teacher-url names (a colleague's vLLM, a proxy) would leak it. Any
+    other teacher gets a placeholder (vLLM needs none); name its variable with --api-key-env."""
     if env_name:
         if env_name not in os.environ:
             raise UserError(f"--api-key-env {env_name}: that environment variable is not set")
         return os.environ[env_name]
-    return os.environ.get("OPENAI_API_KEY", "EMPTY")
+    items = split_urls(urls) if urls else []
+    if items and all(urlsplit(u).hostname == "api.openai.com" for u in items):
+        return os.environ.get("OPENAI_API_KEY", "EMPTY")
+    return "EMPTY"
 
 
 def split_urls(urls: str | list[str]) -> list[str]:
+    """Comma-separated base URLs -> a list, each ending in /v1 (added to the path, so a query
+    string such as ?api-version=... stays intact)."""
     items = urls.split(",") if isinstance(urls, str) else [u for x in urls for u in x.split(",")]
-    out = [u.strip().rstrip("/") for u in items if u.strip()]
+    out = [u.strip() for u in items if u.strip()]
     if not out:
         raise UserError("--teacher-url: give at least one URL, e.g. http://127.0.0.1:8000/v1")
-    return [u if u.endswith("/v1") else u + "/v1" for u in out]
+    result = []
+    for u in out:
+        parts = urlsplit(u)
+        path = parts.path.rstrip("/")
+        result.append(urlunsplit(parts._replace(path=path if path.endswith("/v1") else path + "/v1")))
+    return result
+
+
+def _base_and_query(url: str) -> dict:
+    """openai's client appends paths after a query string in base_url; hand the query over apart."""
+    parts = urlsplit(url)
+    return {"base_url": urlunsplit(parts._replace(query="", fragment="")),
+            "default_query": dict(parse_qsl(parts.query, keep_blank_values=True)) or None}
 
 
 def _retry_after(err: Exception) -> float | None:
@@ -113,9 +138,9 @@ class TeacherClient:
     def __init__(self, urls: str | list[str], model: str | None = None, api_key: str | None = None,
                  cfg: ClientConfig | None = None):
         self.cfg = cfg or ClientConfig()
-        key = api_key if api_key is not None else api_key_from_env()
+        key = api_key if api_key is not None else api_key_from_env(None, urls)
         self.endpoints = [
-            _Endpoint(u, openai.AsyncOpenAI(base_url=u, api_key=key, max_retries=0, timeout=self.cfg.timeout))
+            _Endpoint(u, openai.AsyncOpenAI(**_base_and_query(u), api_key=key, max_retries=0, timeout=self.cfg.timeout))
             for u in split_urls(urls)
         ]
         self.model = model
@@ -133,7 +158,7 @@ class TeacherClient:
                 self.model = models.data[0].id
                 return self.model
             except (openai.APIError, IndexError) as e:
-                errors.append(f"{ep.url}: {e}")
+                errors.append(f"{redact_url(ep.url)}: {e}")
         raise TeacherError("could not list models on any teacher endpoint (" + "; ".join(errors) +
                            "); check --teacher-url or pass --teacher-model")
 
@@ -169,9 +194,9 @@ class TeacherClient:
                     if not _retryable(err):
                         status = getattr(err, "status_code", None)
                         if status in BAD_REQUEST_STATUSES:
-                            raise BadRequest(f"teacher {ep.url} refused one request ({status}): {err}",
+                            raise BadRequest(f"teacher {redact_url(ep.url)} refused one request ({status}): {err}",
                                              status, str(err)[:1000]) from None
-                        raise TeacherError(f"teacher {ep.url} refused the request: {err}") from None
+                        raise TeacherError(f"teacher {redact_url(ep.url)} refused the request: {err}") from None
                     ep.fails += 1
                     ep.rest_until = time.monotonic() + min(self.cfg.rest_max, self.cfg.backoff_base * 2 ** ep.fails)
                     if attempt == self.cfg.max_retries:
@@ -192,7 +217,8 @@ class TeacherClient:
                 pt, ct = (usage.prompt_tokens, usage.completion_tokens) if usage else (0, 0)
                 self.usage.prompt_tokens += pt
                 self.usage.completion_tokens += ct
-                return Completion(texts, [c.finish_reason or "" for c in resp.choices], pt, ct, ep.url, model)
+                return Completion(texts, [c.finish_reason or "" for c in resp.choices], pt, ct,
+                                  redact_url(ep.url), model)
             raise TeacherError(f"teacher request failed after {self.cfg.max_retries + 1} attempts "
                                f"({type(last).__name__}: {last}); is the server up? see --teacher-url")
 

@@ -36,6 +36,7 @@ class GenerateConfig:
     concurrency: int = 64
     request_timeout: float = 600.0
     max_requests: int | None = None  # give up after this many requests (default 20 x target + 200)
+    fsync: str = "group"  # group: fsync data.jsonl after each group | close: only at the end (see runs.py)
     seed: int = 0
     # alpaca mode
     tasks_per_prompt: int = 8
@@ -104,6 +105,8 @@ class GenerateConfig:
             raise UserError(f"--mode {self.mode!r}: choose alpaca or self-instruct")
         if self.api not in ("chat", "completion"):
             raise UserError(f"--api {self.api!r}: choose chat or completion")
+        if self.fsync not in ("group", "close"):
+            raise UserError(f"--fsync {self.fsync!r}: choose group or close")
         if self.structured not in ("auto", "json", "text"):
             raise UserError(f"--structured {self.structured!r}: choose auto, json or text")
         if self.num_instructions < 1 or self.concurrency < 1:

@@ -29,7 +29,7 @@ def add_generate_args(p) -> None:
       "classify, instances (default alpaca)")
     a("--teacher-url", help="OpenAI-compatible base URL(s), comma-separated; default: start vLLM here")
     a("--teacher-model", help="model name on the teacher (default: the first one it serves)")
-    a("--api-key-env", help="environment variable holding the API key (default OPENAI_API_KEY)")
+    a("--api-key-env", help="environment variable holding the API key (default: $OPENAI_API_KEY, sent only to api.openai.com)")
     a("--model", help="model to serve when no --teacher-url is given (default: embedded SmolLM2-135M-Instruct)")
     a("--api", choices=["chat", "completion"], help="chat messages or raw completion prompts (default chat)")
     a("--structured", choices=["auto", "json", "text"], help="JSON-schema guided replies (auto: when the "
@@ -39,6 +39,8 @@ def add_generate_args(p) -> None:
     a("--concurrency", type=int, help="requests in flight (default 64)")
     a("--max-requests", type=int, help="give up after this many requests (default 20 x target + 200)")
     a("--request-timeout", type=float, help="seconds per request (default 600)")
+    a("--fsync", choices=["group", "close"], help="group: fsync data.jsonl after each instruction group, "
+      "power-loss safe (default); close: only when the run ends")
     a("--seed", type=int, help="random seed for example sampling")
     a("--tasks-per-prompt", type=int, help="alpaca: tasks asked for per request (default 8)")
     a("--max-instances", type=int, help="self-instruct: instances per instruction (default 5)")
@@ -118,7 +120,7 @@ async def _generate(cfg: GenerateConfig, seeds, templates, run: RunDir, base_url
                     decontam) -> dict:
     from generator.pipeline import Pipeline
 
-    key = api_key_from_env(cfg.api_key_env)
+    key = api_key_from_env(cfg.api_key_env, base_url)
     async with TeacherClient(base_url, model=model, api_key=key,
                              cfg=ClientConfig(concurrency=cfg.concurrency, timeout=cfg.request_timeout)) as client:
         await client.resolve_model()

@@ -4,15 +4,25 @@
     RUN/rejected.jsonl  rejected candidates with their reason
     RUN/config.yaml     run id and every setting used (no secrets: keys stay in the environment)
     RUN/stats.json      counts, rejection reasons, tokens, throughput
+    RUN/.sprout.lock    held (flock) by the process writing the run; the OS drops it when that dies
 
 All records of one instruction (one per instance) are written with a single write(), so a crash
 leaves at most one torn group at the end of data.jsonl; resuming detects it by its line without a
 newline, bad JSON, or a group with fewer lines than its `num_instances`, and drops it.
+
+Durability (the `fsync` setting): "group" (default) fsyncs data.jsonl after each group, so a group
+the progress bar counted survives a power loss; "close" fsyncs only when the run closes (a crash of
+the process still loses nothing -- the OS has the data -- but a power loss may cost the groups
+written since the last fsync, which resuming then regenerates). Measured on 4-record groups of
+2 KB (300 groups, this repo's 2-core VM): 0.025-0.04 ms a group without fsync; with it, the same
+on tmpfs and 0.2-0.4 ms on ext4 on the VM's virtio disk -- a teacher request takes seconds, so
+"group" costs nothing visible. config.yaml and stats.json are replaced atomically and fsynced.
 """
 
 from __future__ import annotations
 
 import dataclasses
+import fcntl
 import json
 import os
 import time
@@ -22,11 +32,71 @@ from pathlib import Path
 import yaml
 
 from generator.errors import UserError
+from generator.redact import redact_url
+
+LOCK_NAME = ".sprout.lock"
+FSYNC_POLICIES = ("group", "close")
+
+
+class RunLock:
+    """An exclusive lock on an output folder for as long as one process writes it.
+
+    flock() on FOLDER/.sprout.lock: held until release() or the process's death (any signal,
+    SIGKILL included -- the kernel drops it), so there is nothing stale to clean up. A second
+    writer fails at once with a UserError naming the holder's pid. Used by generation runs
+    (RunDir) and training output folders (trainer.train)."""
+
+    def __init__(self, folder: str | Path, what: str = "run"):
+        folder = Path(folder)
+        folder.mkdir(parents=True, exist_ok=True)
+        self.path = folder / LOCK_NAME
+        self._fd: int | None = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o644)
+        try:
+            fcntl.flock(self._fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            holder = os.pread(self._fd, 32, 0).decode(errors="replace").strip() or "?"
+            os.close(self._fd)
+            self._fd = None
+            raise UserError(f"{folder}: another Sprout process (pid {holder}) is writing this {what}; "
+                            "wait for it to finish or choose another --out") from None
+        os.ftruncate(self._fd, 0)
+        os.pwrite(self._fd, f"{os.getpid()}\n".encode(), 0)
+
+    def release(self) -> None:
+        if self._fd is not None:
+            os.close(self._fd)  # closing the only descriptor drops the flock
+            self._fd = None
+
+    def __enter__(self) -> "RunLock":
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.release()
+
+
+def fsync_dir(folder: Path) -> None:
+    """Make a rename or a new file in `folder` durable (its directory entry)."""
+    fd = os.open(folder, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def atomic_write(path: Path, text: str) -> None:
+    """Replace `path` with `text`: a power loss leaves the old file or the new one, never a torn one."""
+    tmp = path.with_name(path.name + ".tmp")
+    with open(tmp, "w", encoding="utf-8") as f:
+        f.write(text)
+        f.flush()
+        os.fsync(f.fileno())
+    os.replace(tmp, path)
+    fsync_dir(path.parent)
 
 # Settings that change how fast a run goes or where the teacher is, not what it produces:
 # they may differ when resuming.
 RESUMABLE_CHANGES = {"num_instructions", "concurrency", "teacher_url", "request_timeout", "api_key_env", "force",
-                     "out", "max_requests"}
+                     "out", "max_requests", "fsync"}
 
 
 def _read_jsonl_tail_safe(path: Path) -> tuple[list[dict], list[int], int]:
@@ -70,6 +140,8 @@ def drop_incomplete_group(records: list[dict]) -> int:
 class RunDir:
     def __init__(self, path: str | Path):
         self.path = Path(path)
+        self.lock: RunLock | None = None
+        self.fsync = "group"
         self.data_path = self.path / "data.jsonl"
         self.rejected_path = self.path / "rejected.jsonl"
         self.config_path = self.path / "config.yaml"
@@ -84,9 +156,22 @@ class RunDir:
         self.pool_extra: list[tuple[str, str]] = []
 
     def open(self, cfg, templates: dict[str, dict], force: bool = False) -> "RunDir":
-        """Create the run, or reopen it for resuming (config must match unless force)."""
-        self.path.mkdir(parents=True, exist_ok=True)
+        """Create the run, or reopen it for resuming (config must match unless force). Holds the
+        run's lock until close(); a second writer gets a UserError."""
+        self.fsync = getattr(cfg, "fsync", "group")
+        if self.fsync not in FSYNC_POLICIES:
+            raise UserError(f"--fsync {self.fsync!r}: choose one of {', '.join(FSYNC_POLICIES)}")
+        self.lock = RunLock(self.path)
+        try:
+            return self._open(cfg, templates, force)
+        except BaseException:
+            self.lock.release()
+            raise
+
+    def _open(self, cfg, templates: dict[str, dict], force: bool) -> "RunDir":
         new_cfg = dataclasses.asdict(cfg)
+        if new_cfg.get("teacher_url"):  # may carry user:password@ or ?key=...: never stored
+            new_cfg["teacher_url"] = redact_url(new_cfg["teacher_url"])
         if self.config_path.exists():
             old = yaml.safe_load(self.config_path.read_text()) or {}
             self.run_id = old.get("run_id") or uuid.uuid4().hex[:12]
@@ -102,10 +187,8 @@ class RunDir:
         else:
             self.run_id = uuid.uuid4().hex[:12]
         self._repair_and_load()
-        tmp = self.config_path.with_suffix(".tmp")
-        tmp.write_text(yaml.safe_dump({"run_id": self.run_id, "config": new_cfg, "templates": templates},
-                                      sort_keys=False))
-        os.replace(tmp, self.config_path)
+        atomic_write(self.config_path, yaml.safe_dump({"run_id": self.run_id, "config": new_cfg,
+                                                       "templates": templates}, sort_keys=False))
         self._data = open(self.data_path, "a", encoding="utf-8")
         self._rejected = open(self.rejected_path, "a", encoding="utf-8")
         return self
@@ -132,9 +215,12 @@ class RunDir:
         self.rejected_counts = counts
 
     def write_group(self, records: list[dict]) -> None:
-        """All records of one instruction in one write, then flush: resumable at any crash."""
+        """All records of one instruction in one write, then flush (and fsync, by default):
+        resumable at any crash."""
         self._data.write("".join(json.dumps(r, ensure_ascii=False) + "\n" for r in records))
         self._data.flush()
+        if self.fsync == "group":
+            os.fsync(self._data.fileno())
 
     def write_rejected(self, rec: dict) -> None:
         # one whole line per write, flushed: the counts in stats.json are these rows
@@ -143,15 +229,18 @@ class RunDir:
 
     def write_stats(self, stats: dict) -> None:
         self._rejected.flush()
-        tmp = self.stats_path.with_suffix(".tmp")
-        tmp.write_text(json.dumps(stats, indent=2))
-        os.replace(tmp, self.stats_path)
+        atomic_write(self.stats_path, json.dumps(stats, indent=2))
 
     def close(self) -> None:
-        for f in (self._data, self._rejected):
-            f.flush()
-            os.fsync(f.fileno())
-            f.close()
+        try:
+            for f in (self._data, self._rejected):
+                if not f.closed:
+                    f.flush()
+                    os.fsync(f.fileno())
+                    f.close()
+        finally:
+            if self.lock:
+                self.lock.release()
 
 
 def now_iso() -> str:

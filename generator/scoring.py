@@ -226,7 +226,7 @@ def make_scorer(cfg: ScoreConfig, teacher_client=None, structured: bool = False)
         if cfg.judge_url:
             from generator.client import TeacherClient, api_key_from_env
 
-            client = TeacherClient(cfg.judge_url, model=cfg.judge_model, api_key=api_key_from_env(None))
+            client = TeacherClient(cfg.judge_url, model=cfg.judge_model, api_key=api_key_from_env(None, cfg.judge_url))
         if client is None:
             raise UserError("--score judge needs a judge: pass --judge-url (an OpenAI-compatible server)")
         judge = Judge(client, structured, cfg.judge_template)

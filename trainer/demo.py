@@ -69,6 +69,27 @@ def _stage(name: str) -> float:
     return time.monotonic()
 
 
+MARKER = ".sprout-demo"  # written in an OUT the demo created: only such a folder may be deleted
+
+
+def prepare_out(out: Path, fresh: bool) -> None:
+    """Create OUT (marked as the demo's); with `fresh`, delete it first -- but only a folder the
+    demo made or an empty one: `--out ~ --fresh` must not wipe a home folder."""
+    from generator.errors import UserError
+
+    if fresh and (out.exists() or out.is_symlink()):
+        if out.is_symlink() or not out.is_dir():
+            raise UserError(f"--fresh: {out} is not a folder the demo made; refusing to delete it")
+        if not (out / MARKER).is_file() and any(out.iterdir()):
+            raise UserError(f"--fresh: {out} was not made by sprout demo (no {MARKER} in it); refusing to "
+                            "delete it -- remove it yourself or choose another --out")
+        shutil.rmtree(out)
+    if not out.exists() or (out.is_dir() and not any(out.iterdir())):
+        out.mkdir(parents=True, exist_ok=True)
+        (out / MARKER).write_text("made by sprout demo; sprout demo --fresh may delete this folder\n")
+    out.mkdir(parents=True, exist_ok=True)
+
+
 def demo(cfg: DemoConfig) -> dict:
     from generator.gen_config import GenerateConfig
     from generator.generate import generate
@@ -77,9 +98,7 @@ def demo(cfg: DemoConfig) -> dict:
     from trainer.train import train
 
     out = Path(cfg.out)
-    if cfg.fresh and out.exists():
-        shutil.rmtree(out)
-    out.mkdir(parents=True, exist_ok=True)
+    prepare_out(out, cfg.fresh)
     times = {}
 
     t = _stage(f"1/4 generate {cfg.size('num_instructions')} instructions ({cfg.mode})")

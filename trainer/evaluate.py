@@ -286,7 +286,7 @@ async def _evaluate(cfg: EvalConfig, url: str, base_name: str, items: list[dict]
                 it["base"], it["student"] = answers[base_name][k], answers["student"][k]
             tmpl = judge_template(cfg.judge_template)
             if cfg.judge_url:
-                async with TeacherClient(cfg.judge_url, model=cfg.judge_model, api_key=api_key_from_env(cfg.api_key_env),
+                async with TeacherClient(cfg.judge_url, model=cfg.judge_model, api_key=api_key_from_env(cfg.api_key_env, cfg.judge_url),
                                          cfg=ClientConfig(concurrency=cfg.concurrency)) as judge:
                     judged = await judge_pairs(judge, tmpl, items, structured=False)
             else:  # the base model on our own vLLM server: JSON-schema verdicts cannot be unreadable
@@ -300,6 +300,7 @@ def evaluate(cfg: EvalConfig) -> dict:
     from generator.models import resolve_model
     from generator.novelty import rouge_l
     from generator.resources import data_dir
+    from generator.redact import redact_url
     from generator.server import ServeConfig, VLLMServer, free_port
     from trainer.judge import summarize
 
@@ -350,7 +351,8 @@ def evaluate(cfg: EvalConfig) -> dict:
             summary[f"{name}_rouge_l"] = round(statistics.mean(rs), 4)
     if judged:
         summary.update(summarize(judged))
-        summary["judge"] = cfg.judge_model or cfg.judge_url or f"{srv.model_name} (base model, same server)"
+        summary["judge"] = cfg.judge_model or (redact_url(cfg.judge_url) if cfg.judge_url else None) \
+            or f"{srv.model_name} (base model, same server)"
     for name, rows in (("results.jsonl", results), ("verifiable.jsonl", vrows)):
         with open(out / name, "w", encoding="utf-8") as f:
             for r in rows:

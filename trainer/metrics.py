@@ -25,10 +25,11 @@ class MetricsLog:
         self.path = out / "metrics.jsonl"
         if resume_step is not None and self.path.is_file():
             # Keep what the resumed run already logged up to its checkpoint; drop later lines,
-            # which the resumed run is about to log again.
-            kept = [line for line in self.path.read_text().splitlines()
-                    if line.strip() and json.loads(line).get("step", 0) <= resume_step]
-            self.path.write_text("".join(line + "\n" for line in kept))
+            # which the resumed run is about to log again (and a line torn by a crash).
+            from generator.runs import atomic_write
+
+            kept = [json.dumps(r) for r in read_metrics(self.path) if r.get("step", 0) <= resume_step]
+            atomic_write(self.path, "".join(line + "\n" for line in kept))
         elif self.path.exists():
             self.path.unlink()
         self.file = self.path.open("a")
@@ -55,7 +56,16 @@ class MetricsLog:
 
 
 def read_metrics(path: Path) -> list[dict]:
-    return [json.loads(line) for line in path.read_text().splitlines() if line.strip()] if path.is_file() else []
+    """The records of metrics.jsonl; a line a crash or power loss cut short is skipped."""
+    records = []
+    for line in path.read_text(errors="replace").splitlines() if path.is_file() else []:
+        try:
+            rec = json.loads(line)
+        except ValueError:
+            continue
+        if isinstance(rec, dict):
+            records.append(rec)
+    return records
 
 
 def plot_loss(metrics_path: Path, png: Path) -> None:

@@ -146,11 +146,23 @@ def train(cfg: TrainConfig, hooks: Hooks | None = None) -> dict:
     """Run one training job; returns the summary (also written to OUT/summary.json by rank 0)."""
     from trainer import dist
 
+    from generator.runs import RunLock
+
     cfg, hooks = check(cfg), hooks or Hooks()
     info = dist.setup()
+    out, lock, busy = Path(cfg.out).expanduser(), None, None
     try:
-        return _train(cfg, hooks, Path(cfg.out).expanduser(), info)
+        if info.main:  # one writer per output folder, held until training ends (or the process dies)
+            try:
+                lock = RunLock(out, "training output folder")
+            except UserError as e:
+                busy = e
+        if dist.any_rank(info, busy is not None):  # every rank stops, not only rank 0
+            raise busy or UserError(f"{out}: in use by another Sprout process")
+        return _train(cfg, hooks, out, info)
     finally:
+        if lock:
+            lock.release()
         dist.teardown(info)
 
 
@@ -224,8 +236,8 @@ def _train(cfg: TrainConfig, hooks: Hooks, out: Path, info) -> dict:
 
     start = 0
     if cfg.resume:
-        ckpt = checkpoint.checkpoint_dirs(out)[-1]
-        start = checkpoint.load(ckpt, info, model, optimizer, scheduler)["step"]
+        ckpt, state = checkpoint.load_newest_good(out, info, model, optimizer, scheduler)
+        start = state["step"]
         say(f"resuming from {ckpt} (step {start})")
     n_trainable = sum(p.numel() for p in params)
     say(f"train: {len(train_enc)} examples ({stats.truncated} truncated, {stats.dropped} dropped), "
