@@ -12,6 +12,10 @@ from generator.filters import DEFAULT_BLOCKLIST
 MODE_DEFAULTS = {
     "alpaca": {"temperature": 1.0, "top_p": 1.0, "presence_penalty": 0.0, "max_tokens": 1536,
                "instance_max_tokens": 0, "instance_temperature": 0.0, "instance_top_p": 1.0},
+    # Magpie samples the user turn at temperature 1 (the paper's setting); a request is one line or
+    # a short paragraph, so 128 tokens hold it and a longer one is usually a loop.
+    "magpie": {"temperature": 1.0, "top_p": 1.0, "presence_penalty": 0.0, "max_tokens": 128,
+               "instance_max_tokens": 0, "instance_temperature": 0.0, "instance_top_p": 1.0},
     "self-instruct": {"temperature": 0.7, "top_p": 0.5, "presence_penalty": 2.0, "max_tokens": 512,
                       "instance_max_tokens": 300, "instance_temperature": 0.0, "instance_top_p": 1.0},
 }
@@ -75,6 +79,7 @@ class GenerateConfig:
     judge_model: str | None = None
     judge_template: str | None = None
     reward_model: str | None = None
+    system_prompt: str | None = None  # magpie: a system turn before the user turn (steers the domain)
     # the teacher's context window (default: what vLLM reports); vLLM arguments when we start it
     max_model_len: int | None = None
     vllm_args: list[str] = field(default_factory=list)
@@ -102,7 +107,9 @@ class GenerateConfig:
         if not self.out:
             raise UserError("--out: name the run directory, e.g. --out runs/gen1")
         if self.mode not in MODE_DEFAULTS:
-            raise UserError(f"--mode {self.mode!r}: choose alpaca or self-instruct")
+            raise UserError(f"--mode {self.mode!r}: choose alpaca, self-instruct or magpie")
+        if self.mode == "magpie" and self.responses < 1:
+            raise UserError("--mode magpie writes requests only: it needs --responses N >= 1 to answer them")
         if self.api not in ("chat", "completion"):
             raise UserError(f"--api {self.api!r}: choose chat or completion")
         if self.fsync not in ("group", "close"):

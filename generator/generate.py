@@ -25,7 +25,8 @@ def add_generate_args(p) -> None:
     a("--seeds", help="seed tasks: Self-Instruct JSONL, Alpaca JSON/JSONL, CSV or parquet (default: shipped seeds)")
     a("--out", help="run directory (created, or resumed if it exists)")
     a("--num-instructions", type=int, help="target number of kept instructions (default 100)")
-    a("--mode", choices=["alpaca", "self-instruct"], help="alpaca: one pass; self-instruct: bootstrap, "
+    a("--mode", choices=["alpaca", "self-instruct", "magpie"], help="alpaca: one pass; magpie: the teacher "
+      "writes user requests from its chat template alone (seedless); self-instruct: bootstrap, "
       "classify, instances (default alpaca)")
     a("--teacher-url", help="OpenAI-compatible base URL(s), comma-separated; default: start vLLM here")
     a("--teacher-model", help="model name on the teacher (default: the first one it serves)")
@@ -66,6 +67,7 @@ def add_generate_args(p) -> None:
     a("--judge-url", help="OpenAI-compatible server of the rating judge (default: the teacher)")
     a("--judge-model", help="model name on the judge server")
     a("--reward-model", help="HF folder of a sequence-classification reward model (with --score ...,reward)")
+    a("--system-prompt", help="magpie: a system prompt before the user turn, to steer the requests' domain")
     a("--max-model-len", type=int, help="the teacher's context length (default: what vLLM reports; when Sprout "
       "starts the teacher: the model's own)")
     a("--vllm-arg", dest="vllm_args", action="append", metavar="ARG", help="argument for the vLLM server "

@@ -1,11 +1,15 @@
 """The generation pipeline: seeds -> prompts -> teacher -> parsed, filtered, novel, scored records.
 
-Instructions come from one of two modes:
+Instructions come from one of three modes:
 - `alpaca`: one request yields a batch of tasks (instruction, input, output);
 - `self-instruct`: bootstrap new instructions from k seed + m machine examples; the novelty filter
   runs right there, as in the paper's code, so an instruction that passes it joins the pool that
   later prompts sample from; then classification identification, then instances (output-first for
-  classification, input-first otherwise).
+  classification, input-first otherwise);
+- `magpie`: no examples at all -- the teacher gets only its chat template's opening of a user turn
+  (after an optional system prompt) through the completion API and writes the user's request
+  itself (Magpie, Xu et al. 2024). A small chat model that copies list examples (Self-Instruct's
+  bootstrap) still writes natural requests this way. Seeds then serve the novelty pool only.
 
 Then responses (`responses` > 0, the default): a list of tasks written by a small teacher in one
 breath is mostly noise, so every kept instruction (and input) is answered again in the teacher's
@@ -80,6 +84,7 @@ class Pipeline:
         self.awaiting = 0  # units whose first reply has not come back
         self.replies = self.admitted = self.finished = 0  # for the expected yield of a unit
         self.candidates = self.passing = self.constrained_candidates = self.constrained_passing = 0
+        self._magpie_prompt = self.magpie_prompt() if cfg.mode == "magpie" else None
         self.started = time.monotonic()
         self.tokens_at_start = (client.usage.prompt_tokens, client.usage.completion_tokens)
 
@@ -96,7 +101,8 @@ class Pipeline:
         return (self.in_progress + self.awaiting * per_reply) * survive
 
     async def run_until_done(self) -> None:
-        unit = self._alpaca_unit if self.cfg.mode == "alpaca" else self._self_instruct_unit
+        unit = {"alpaca": self._alpaca_unit, "self-instruct": self._self_instruct_unit,
+                "magpie": self._magpie_unit}[self.cfg.mode]
         budget = self.cfg.request_budget()
         pending: set[asyncio.Task] = set()
         try:
@@ -155,6 +161,15 @@ class Pipeline:
             if self.cfg.api == "completion":
                 return await self.client.complete(prompt, **kwargs)
             return await self.client.chat(prompt, **kwargs)
+        except BadRequest as e:
+            self._reject({"stage": stage, "status": e.status, "message": e.detail}, "bad_request")
+            return None
+
+    async def _request_raw(self, stage: str, prompt: str, **kwargs) -> Completion | None:
+        """A completion request whatever --api says (Magpie continues a raw chat-template prefix);
+        counted at the unit's launch."""
+        try:
+            return await self.client.complete(prompt, **kwargs)
         except BadRequest as e:
             self._reject({"stage": stage, "status": e.status, "message": e.detail}, "bad_request")
             return None
@@ -265,6 +280,52 @@ class Pipeline:
             admitted = self._admit(text)
             if admitted is not None:
                 jobs.append(self._complete_task(text, *admitted, prov))
+        await asyncio.gather(*jobs)
+
+    # -- magpie -------------------------------------------------------------------------------------
+
+    def magpie_prompt(self) -> tuple[str, list[str]]:
+        """The chat template rendered up to where the user's words would start, and the stop
+        strings that end a user turn. Needs the teacher's tokenizer (a local model folder)."""
+        from generator.errors import UserError
+
+        tok = self.budget.tokenizer
+        if tok is None or not getattr(tok, "chat_template", None):
+            raise UserError("--mode magpie needs the teacher's chat template: serve a local HF folder with vLLM "
+                            "(sprout generate starts one by default) so Sprout can read its tokenizer")
+        marker = "\x00SPROUT-USER-TURN\x00"
+        msgs = ([{"role": "system", "content": self.cfg.system_prompt}] if self.cfg.system_prompt else [])
+        rendered = tok.apply_chat_template(msgs + [{"role": "user", "content": marker}], tokenize=False)
+        head, _, tail = rendered.partition(marker)
+        stops = [x for x in {tail.strip().split("\n")[0].strip(), tok.eos_token or ""} if x]
+        return head, stops
+
+    async def _magpie_unit(self) -> None:
+        p = self.params
+        prompt, stops = self._magpie_prompt
+        try:
+            out = await self._request_raw("magpie", prompt, n=self.cfg.instructions_per_prompt,
+                                          max_tokens=p["max_tokens"], temperature=p["temperature"],
+                                          top_p=p["top_p"], stop=stops)
+        finally:
+            self.awaiting -= 1
+        if out is None:
+            return
+        self.replies += 1
+        prov = {"templates": {}, "examples": {"seed": [], "machine": []},
+                "system_prompt": self.cfg.system_prompt}
+        jobs = []
+        for text, finish in zip(out.texts, out.finish_reasons):
+            if self.kept + self.in_progress >= self.cfg.num_instructions:
+                break
+            text = text.strip()
+            if finish == "length":
+                self._reject({"stage": "magpie", "raw": text[-300:]}, "cut_by_length_limit")
+                continue
+            admitted = self._admit(text)
+            if admitted is not None:
+                jobs.append(self._finish(admitted[0], text, [{"input": "", "output": ""}], False, admitted[1],
+                                         prov, out))
         await asyncio.gather(*jobs)
 
     async def _complete_task(self, instruction: str, iid: str, novel: list, prov: dict) -> None:

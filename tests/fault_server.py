@@ -23,7 +23,7 @@ class FaultServer:
     """
 
     def __init__(self, plan: list[str] | None = None, default: str = "ok", script=None,
-                 max_model_len: int | None = None, owned_by: str = "fake"):
+                 max_model_len: int | None = None, owned_by: str = "fake", root: str | None = None):
         self.plan = list(plan or [])
         self.default = default
         self.script = script
@@ -31,6 +31,8 @@ class FaultServer:
         model = {"id": "fake-model", "object": "model", "owned_by": owned_by}
         if max_model_len:
             model["max_model_len"] = max_model_len
+        if root:  # vLLM reports the folder it serves; Sprout reads the tokenizer from it
+            model["root"] = root
         self.requests: list[tuple[float, str]] = []  # (time, action) per request
         self.seen: list[tuple[str, str]] = []  # (path with query, Authorization header) per POST
         self.lock = threading.Lock()

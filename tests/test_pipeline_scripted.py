@@ -327,3 +327,32 @@ def test_reward_model_scores_and_selects(tmp_path):
     best, reason = asyncio.run(scorer("Say something.", "Say something.", "", cands, []))
     assert reason is None and [c["scores"]["reward"] for c in cands] == expected
     assert best == max(range(3), key=lambda i: (expected[i], -i))
+
+
+def test_magpie_mode_writes_requests_from_the_template_alone(tmp_path, templates):
+    from generator.models import embedded_model_dir
+
+    prompts = []
+
+    def script(kind, req):
+        if kind == "completion":  # the pre-query: the chat template up to the user's words
+            prompts.append((req["prompt"], req.get("stop")))
+            s = Script()
+            return [s._instruction() for _ in range(int(req.get("n") or 1))]
+        return "a short plain answer"
+
+    with FaultServer(script=script, root=str(embedded_model_dir())) as srv:
+        stats = generate(_cfg(tmp_path, srv.url, templates, mode="magpie", num_instructions=5,
+                              system_prompt="You help gardeners."))
+    assert stats["kept_instructions"] == 5
+    prompt, stop = prompts[0]
+    assert prompt.endswith("<|im_start|>user\n") and "You help gardeners." in prompt and "<|im_end|>" in stop
+    recs = _rows(tmp_path / "run" / "data.jsonl")
+    assert all(r["output"] == "a short plain answer" and r["input"] == "" for r in recs)
+    _check_bookkeeping(tmp_path / "run")
+
+
+def test_magpie_without_a_readable_chat_template_is_a_clear_error(tmp_path, templates):
+    with FaultServer(script=lambda kind, req: "x") as srv:
+        with pytest.raises(UserError, match="magpie needs the teacher's chat template"):
+            generate(_cfg(tmp_path, srv.url, templates, mode="magpie"))
