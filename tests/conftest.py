@@ -50,3 +50,11 @@ def vllm_teacher(embedded_model, tmp_path_factory):
     log = tmp_path_factory.mktemp("vllm") / "server.log"
     with VLLMServer(ServeConfig(port=free_port()), log_path=log) as srv:
         yield _Teacher(srv.base_url, srv.model_name, srv)
+
+
+def pytest_collection_modifyitems(config, items):
+    """One rule for the second tier: anything that needs a real vLLM server (the `vllm_teacher`
+    fixture or the `vllm` marker) is also `slow`, so the default run never starts one."""
+    for item in items:
+        if "vllm_teacher" in getattr(item, "fixturenames", ()) or item.get_closest_marker("vllm"):
+            item.add_marker(pytest.mark.slow)

@@ -12,7 +12,7 @@ from generator.filters import FilterConfig, InstructionFilter
 from generator.novelty import rouge_l
 from generator.seeds import load_seeds
 
-pytestmark = pytest.mark.vllm
+pytestmark = [pytest.mark.vllm, pytest.mark.slow]
 SEEDS = "seeds/test_seeds.jsonl"
 PROVENANCE = {"id", "instruction", "input", "output", "is_classification", "templates", "teacher", "sampling",
               "examples", "most_similar", "finish_reason", "prompt_tokens", "completion_tokens", "created_at",

@@ -277,6 +277,7 @@ def test_refuses_to_overwrite_a_run_without_flag(data_file, tmp_path):
         train(tiny(data_file, tmp_path / "out", resume=True))
 
 
+@pytest.mark.slow  # the full embedded model, trained and merged
 def test_cli_train_with_yaml_config(embedded_model, data_file, tmp_path, capsys):
     yaml_path = tmp_path / "train.yaml"
     yaml_path.write_text("lora_r: 4\nlora_alpha: 8\nmax_length: 64\nbatch_size: 4\nmax_steps: 5\nprogress: false\n")

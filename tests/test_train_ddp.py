@@ -17,6 +17,8 @@ from pathlib import Path
 import pytest
 import torch
 
+pytestmark = pytest.mark.slow  # torchrun with two processes
+
 ROOT = Path(__file__).resolve().parent.parent
 
 
