@@ -7,7 +7,11 @@ redone (`sprout score`) without asking the teacher again.
 
 Scorers, each writing `candidate["scores"][name]` and appending failure reasons:
 - checks   (always on) empty answer, cut by the length limit, a degenerate loop, an echo of the
-           prompt. These are not matters of taste: such an answer is never kept.
+           prompt, a deflection instead of an answer ("I'm not sure", "Please provide...").
+           These are not matters of taste: such an answer is never kept.
+- relevance  (always on) share of the request's content words the answer takes up: among
+           answers that pass everything, one that talks about the request beats a generic one
+           (verifiers alone would happily keep "Sure." for "answer in under 50 words").
 - verifiers  the instruction's verifiable constraints (generator.verifiers): score = share met;
            a candidate that misses any is not kept.
 - judge    an LLM rates helpfulness, correctness and instruction following 1-10
@@ -15,8 +19,8 @@ Scorers, each writing `candidate["scores"][name]` and appending failure reasons:
 - reward   a local Hugging Face sequence-classification reward model (its first logit).
 
 Selection: among candidates with no failure reason, the highest combined score (mean of the
-judge's score / 10 and the reward's sigmoid, where present); ties go to the lowest index, so the
-choice is deterministic.
+relevance, the judge's score / 10 and the reward's sigmoid, where present); ties go to the
+lowest index, so the choice is deterministic.
 """
 
 from __future__ import annotations
@@ -71,6 +75,28 @@ def _degenerate(text: str) -> bool:
     return False
 
 
+# An answer that opens like this answers nothing: a small teacher's favourite way to meet a
+# length or format constraint.
+_DEFLECT = re.compile(r"^\W*(i'?m (not sure|sorry|unable|not able)|i am (not sure|sorry|unable)|"
+                      r"i (cannot|can't|can not|don't know|do not know)|as an ai\b|sorry\b|"
+                      r"please provide|could you (please )?(provide|clarify|share|specify))", re.I)
+_STOP = frozenset("""a an the and or but if then than that this these those there their them they you your
+yours with without from into onto about above below for of on in at to by as is are was were be been
+being have has had do does did can could should would will shall may might must not no nor so such
+what which who whom whose when where why how all any each few more most other some own same very just
+also only please me my mine we our ours it its i he she his her him write give make tell using use""".split())
+
+
+def _content_words(text: str) -> set[str]:
+    return {w for w in re.findall(r"[a-z0-9]+", text.lower()) if len(w) > 2 and w not in _STOP}
+
+
+def relevance(request: str, answer: str) -> float:
+    """Share of the request's content words that the answer uses (1.0 when it has none)."""
+    want = _content_words(request)
+    return round(len(want & _content_words(answer)) / len(want), 4) if want else 1.0
+
+
 def check_reasons(text: str, finish_reason: str, prompt: str) -> list[str]:
     if not text.strip():
         return ["empty_response"]
@@ -81,6 +107,8 @@ def check_reasons(text: str, finish_reason: str, prompt: str) -> list[str]:
         reasons.append("repetitive_response")
     if " ".join(text.split()).lower() == " ".join(prompt.split()).lower():
         reasons.append("echoes_prompt")
+    if _DEFLECT.match(text.strip()):
+        reasons.append("deflects")
     return reasons
 
 
@@ -164,12 +192,12 @@ class RewardModel:
 # -- scoring a set of candidates and choosing -----------------------------------------------------
 
 def combined(cand: dict) -> float:
-    parts = []
+    parts = [cand["scores"]["relevance"]] if cand["scores"].get("relevance") is not None else []
     if cand["scores"].get("judge") is not None:
         parts.append(cand["scores"]["judge"] / 10)
     if cand["scores"].get("reward") is not None:
         parts.append(1 / (1 + math.exp(-cand["scores"]["reward"])))
-    return round(sum(parts) / len(parts), 4) if parts else 0.0
+    return sum(parts) / len(parts) if parts else 0.0
 
 
 def select(cands: list[dict]) -> int | None:
@@ -188,8 +216,12 @@ class Scorer:
     async def __call__(self, prompt: str, instruction: str, inp: str, cands: list[dict],
                        constraints: list[dict]) -> tuple[int | None, str | None]:
         """(index of the kept candidate or None, the rejection reason when none is kept)."""
+        request = prompt
+        for c in constraints:  # relevance is to the request, not to the constraint sentences
+            request = request.replace(c.get("text", ""), " ")
         for c in cands:
             c["reasons"] = check_reasons(c["text"], c["finish_reason"], prompt)
+            c["scores"]["relevance"] = relevance(request, c["text"])
             if "verifiers" in self.cfg.score:
                 score_verifiers(c, constraints)
         alive = [c for c in cands if not c["reasons"]]

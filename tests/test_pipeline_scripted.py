@@ -278,7 +278,7 @@ def test_score_filters_any_dataset_and_rescoring_a_run_reselects(tmp_path, templ
     assert stats["kept"] == 2 and stats["rejections"] == {"constraint_failed": 1, "empty_response": 1}
     kept = _rows(tmp_path / "scored.jsonl")
     assert [r.get("output") or r["messages"][-1]["content"] for r in kept] == ["hi there", "A pear."]
-    assert kept[0]["scores"] == {"verifiers": 1.0}
+    assert kept[0]["scores"]["verifiers"] == 1.0 and 0 <= kept[0]["scores"]["relevance"] <= 1
     assert len(_rows(tmp_path / "scored.jsonl.rejected.jsonl")) == 2
 
     # a run's records keep their candidates: rescoring picks again without a teacher
@@ -356,3 +356,20 @@ def test_magpie_without_a_readable_chat_template_is_a_clear_error(tmp_path, temp
     with FaultServer(script=lambda kind, req: "x") as srv:
         with pytest.raises(UserError, match="magpie needs the teacher's chat template"):
             generate(_cfg(tmp_path, srv.url, templates, mode="magpie"))
+
+
+def test_selection_prefers_a_relevant_answer_and_drops_deflections():
+    import asyncio
+
+    from generator.scoring import ScoreConfig, Scorer, new_candidate
+
+    cons = [{"type": "no_commas", "params": {}, "text": "Do not use any commas in your answer."}]
+    prompt = "Suggest food for a family birthday party. Do not use any commas in your answer."
+    cands = [new_candidate("I'm not sure yet. Please provide more details."),  # deflects
+             new_candidate("Sure thing."),  # passes, says nothing
+             new_candidate("Pizza, cake and fruit."),  # relevant but breaks the constraint
+             new_candidate("For a family birthday party serve pizza and a big cake.")]
+    best, reason = asyncio.run(Scorer(ScoreConfig())(prompt, prompt, "", cands, cons))
+    assert reason is None and best == 3
+    assert cands[0]["reasons"] == ["deflects"] and cands[2]["reasons"] == ["constraint_failed"]
+    assert cands[3]["scores"]["relevance"] > cands[1]["scores"]["relevance"] == 0.0
