@@ -265,7 +265,8 @@ _type("quotes", _NONE, lambda r, p: len(r.strip()) > 2 and r.strip()[0] == r.str
       train=("Wrap your entire response in double quotation marks.", "Put your whole answer inside double quotes."),
       eval=('Enclose the complete reply between a pair of " characters.',
             "The response should begin and end with a double quote mark."),
-      conflicts="json end_with_question two_responses answer_options")
+      # a line-start marker (*, 1., SECTION) cannot follow the opening quote on the first line
+      conflicts="json end_with_question two_responses answer_options bullets numbered_items sections")
 _type("json", _NONE, lambda r, p: _json_object(r),
       train=("Format your entire output as a JSON object.",
              "Your whole answer must be valid JSON: a single JSON object and nothing else."),
@@ -301,7 +302,8 @@ TYPES["json"] = dataclasses.replace(TYPES["json"], conflicts=TYPES["json"].confl
     "bullets", "numbered_items", "sections", "title", "postscript", "quotes", "paragraphs", "paragraph_dividers",
     "highlights", "placeholders", "start_phrase", "end_phrase", "no_commas", "max_sentences", "min_sentences"})
 for _name, _t in list(TYPES.items()):  # symmetric conflicts: A conflicts with B <=> B with A
-    TYPES[_name] = dataclasses.replace(_t, conflicts=_t.conflicts | {o for o, u in TYPES.items() if _name in u.conflicts})
+    _others = {o for o, u in TYPES.items() if _name in u.conflicts}
+    TYPES[_name] = dataclasses.replace(_t, conflicts=_t.conflicts | _others)
 
 
 def render(phrase: str, params: dict) -> str:
