@@ -106,10 +106,6 @@ OPTION_SETS = (["My answer is yes.", "My answer is no.", "My answer is maybe."],
                ["My answer is yes.", "My answer is no."])
 
 
-def _pick(choices) -> Callable[[random.Random], object]:
-    return lambda rng: rng.choice(choices)
-
-
 def _n(*choices: int) -> Callable[[random.Random], dict]:
     return lambda rng: {"n": rng.choice(choices)}
 
