@@ -334,15 +334,26 @@ def check_all(response: str, constraints: list[dict], loose: bool = False) -> li
     return [check(response, c, loose) for c in constraints]
 
 
-def sample_constraints(rng: random.Random, k: int = 1, phrasing: str = "train") -> list[dict]:
-    """k mutually compatible constraints with parameters and a phrasing from the given set."""
+# Types that only fit some tasks (a fixed yes/no/maybe verdict makes no sense after "write a
+# poem"): never added to arbitrary generated instructions; the eval builder picks their tasks.
+TASK_SPECIFIC = frozenset({"answer_options"})
+
+
+def sample_constraints(rng: random.Random, k: int = 1, phrasing: str = "train",
+                       exclude: frozenset[str] = TASK_SPECIFIC) -> list[dict]:
+    """k mutually compatible constraints with parameters and a phrasing from the given set
+    (k = 0 gives none)."""
     if phrasing not in ("train", "eval"):
         raise ValueError(f"phrasing must be 'train' or 'eval', not {phrasing!r}")
     chosen: list[ConstraintType] = []
+    if k <= 0:
+        return []
     names = sorted(TYPES)
     rng.shuffle(names)
     for name in names:
         t = TYPES[name]
+        if name in exclude:
+            continue
         if any(name in c.conflicts for c in chosen):
             continue
         chosen.append(t)

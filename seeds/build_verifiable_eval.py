@@ -245,7 +245,7 @@ def build(seed: int = SEED) -> list[dict]:
         # A yes/no question's first use carries answer_options; no other row does.
         want_options = task in YES_NO and task not in used_sets
         while True:
-            cs = sample_constraints(rng, k, "eval")
+            cs = sample_constraints(rng, k, "eval", exclude=frozenset())
             names = frozenset(c["type"] for c in cs)
             if ("answer_options" in names) == want_options and names not in used_sets.get(task, set()):
                 break

@@ -144,7 +144,7 @@ def test_conflicts_are_symmetric_and_name_real_types():
 def test_sample_constraints_never_combines_conflicting_types(phrasing):
     seen = Counter()
     for seed, k in itertools.product(range(400), (1, 2, 3)):
-        cs = sample_constraints(random.Random(seed), k, phrasing)
+        cs = sample_constraints(random.Random(seed), k, phrasing, exclude=frozenset())
         assert len(cs) == k
         names = [c["type"] for c in cs]
         assert len(set(names)) == k
@@ -158,6 +158,14 @@ def test_sample_constraints_never_combines_conflicting_types(phrasing):
     assert set(seen) == set(TYPES)  # every type gets sampled
     with pytest.raises(ValueError):
         sample_constraints(random.Random(0), 1, "test")
+
+
+def test_default_sampling_leaves_out_task_specific_types_and_k_zero_is_none():
+    from generator.verifiers import TASK_SPECIFIC
+
+    seen = Counter(c["type"] for seed in range(400) for c in sample_constraints(random.Random(seed), 2))
+    assert not TASK_SPECIFIC & set(seen) and set(seen) == set(TYPES) - TASK_SPECIFIC
+    assert sample_constraints(random.Random(0), 0) == []
 
 
 def _grams(text: str, n: int) -> set[tuple[str, ...]]:
