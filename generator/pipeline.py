@@ -96,7 +96,9 @@ class Pipeline:
 
     def _expected(self) -> float:
         """Instructions the work in flight should still yield (smoothed running averages)."""
-        per_reply = (self.admitted + 1) / (self.replies + 1)
+        # prior: half of what a reply asks for, until replies say otherwise
+        asked = self.cfg.tasks_per_prompt if self.cfg.mode == "alpaca" else self.cfg.instructions_per_prompt
+        per_reply = (self.admitted + max(1, asked // 2)) / (self.replies + 1)
         survive = (self.kept + 1) / (self.finished + 1)
         return (self.in_progress + self.awaiting * per_reply) * survive
 

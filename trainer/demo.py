@@ -27,8 +27,8 @@ from pathlib import Path
 
 # (full, --quick) sizes; --quick is what CI runs and must stay under ~5 minutes on 2 cores
 SIZES = {
-    "num_instructions": (300, 16),
-    "responses": (8, 4),
+    "num_instructions": (200, 16),
+    "responses": (6, 4),
     "epochs": (3, 1),
     "max_steps": (None, 8),  # full: whole epochs
     "eval_limit": (40, 8),  # reference-answer items (loss, ROUGE-L, judge)
@@ -45,7 +45,11 @@ class DemoConfig:
     quick: bool = False
     fresh: bool = False
     seeds: str | None = None
-    mode: str = "alpaca"
+    # A 135M teacher copies the examples of a seed list (Self-Instruct's bootstrap) and writes
+    # nonsense tasks inside Alpaca's batches, but asked for a user turn alone (Magpie) it writes
+    # natural requests; the seeds then fill the novelty pool. With a bigger teacher pass
+    # --mode self-instruct or alpaca to expand the seeds themselves.
+    mode: str = "magpie"
     teacher_url: str | None = None  # use a running teacher instead of serving one
     teacher_model: str | None = None  # model to serve as teacher (default: embedded)
     student: str | None = None  # student base model (default: embedded)
@@ -199,7 +203,8 @@ def add_demo_args(p) -> None:
     a("--quick", action="store_true", default=None, help="a small run (~5 min on 2 CPU cores); CI runs this")
     a("--fresh", action="store_true", default=None, help="delete OUT first instead of resuming")
     a("--seeds", help="seed tasks (default: shipped seeds)")
-    a("--mode", choices=["alpaca", "self-instruct"])
+    a("--mode", choices=["magpie", "alpaca", "self-instruct"], help="how instructions are made (default magpie: "
+      "the one a 135M teacher gets natural requests from)")
     a("--teacher-url", help="use a running OpenAI-compatible teacher instead of serving one")
     a("--teacher-model", help="model to serve as teacher (default: embedded SmolLM2-135M-Instruct)")
     a("--student", help="student base model (default: embedded SmolLM2-135M-Instruct)")
