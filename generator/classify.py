@@ -20,6 +20,10 @@ import math
 from generator.parsing import parse_yes_no
 
 CHOICES = ("Yes", "No")
+# A completion prompt ends with "Is it classification?" and its worked cases answer " Yes" / " No":
+# forcing "Yes" without the space makes the model spell the word in tokens it never saw there,
+# which was measured to shift answers (0.767 vs 0.800 on the seeds). A chat reply starts fresh.
+COMPLETION_CHOICES = (" Yes", " No")
 TOP_LOGPROBS = 5
 
 
@@ -29,7 +33,8 @@ def yes_no_request_params(server_is_vllm: bool, api: str = "chat") -> dict:
     `guided_choice` field is silently ignored there (checked on the live server), so it is not sent.
     Other servers: one token with its top alternatives, compared by `verdict_from_logprobs`."""
     if server_is_vllm:
-        return {"max_tokens": 2, "temperature": 0.0, "extra_body": {"structured_outputs": {"choice": list(CHOICES)}}}
+        choices = list(CHOICES if api == "chat" else COMPLETION_CHOICES)
+        return {"max_tokens": 3, "temperature": 0.0, "extra_body": {"structured_outputs": {"choice": choices}}}
     if api == "chat":
         return {"max_tokens": 1, "temperature": 0.0, "logprobs": True, "top_logprobs": TOP_LOGPROBS}
     return {"max_tokens": 1, "temperature": 0.0, "logprobs": TOP_LOGPROBS}

@@ -12,6 +12,8 @@ import json
 import re
 from dataclasses import dataclass, field
 
+from generator.novelty import rouge_l
+
 
 @dataclass
 class Parsed:
@@ -156,13 +158,24 @@ def _field_value(text: str) -> str:
     return "" if text.lower() in _NO_INPUT else text
 
 
-def _instance_blocks(text: str) -> list[str]:
-    """A reply to an instance prompt, cut into example blocks; chatter, an echoed "Task:" line
-    and any next task the model goes on to invent are left out."""
+def _own_part(text: str, task: str | None) -> str:
+    """The part of an instance reply that answers `task`, chatter and markdown undone. A reply
+    that opens with "Task: ..." either echoes our task (a chat habit: the examples follow) or, as
+    small teachers do, continues the few-shot pattern with a task of its own: its examples are
+    not ours. Which one needs the task (an echo may reword it a little: ROUGE-L F >= 0.5 counts),
+    so without it a "Task:" opening means nothing is ours.
+    Anything after a later "Task:" is a next task the model went on to invent."""
     text = _drop_chatter(_unmark(text))
-    if _TASK_LINE.match(text):  # the model echoed the task before answering
-        text = text.split("\n", 1)[1] if "\n" in text else ""
-    text = _TASK_LINE.split(text)[0]
+    if _TASK_LINE.match(text):
+        first, _, rest = text.partition("\n")
+        echoed = first.split(":", 1)[1]
+        text = rest if task is not None and rouge_l(echoed, task, tokenizer="unicode") >= 0.5 else ""
+    return _TASK_LINE.split(text)[0]
+
+
+def _instance_blocks(text: str, task: str | None) -> list[str]:
+    """A reply to an instance prompt, cut into example blocks."""
+    text = _own_part(text, task)
     return [b for b in re.split(r"(?:^|\n)[ \t]*Example (?:\d+)\n", "\n" + text) if b.strip()]
 
 
@@ -181,7 +194,8 @@ def parse_numbered_instructions(text: str, finish_reason: str = "stop", structur
     # An item is one paragraph: a chat teacher's closing remark after a blank line is not part
     # of the last item. Bold around a whole item ("**Write a poem.**") is markup, not content.
     items = [" ".join(re.split(r"\n[ \t]*\n", p.strip())[0].split()) for p in pieces[1:]]
-    items = [re.sub(r"^(\*\*|__)(.+)\1$", r"\2", p).strip() for p in items]
+    # A small teacher may number twice ("1. 2. Do x"): _clean drops the copied number.
+    items = [_clean(re.sub(r"^(\*\*|__)(.+)\1$", r"\2", p)) for p in items]
     good = [p for p in items if p]
     return _finish(good, len(items) - len(good) + (0 if pieces[1:] else 1), finish_reason)
 
@@ -210,10 +224,11 @@ def parse_alpaca_tasks(text: str, finish_reason: str = "stop", structured: bool 
     for block in blocks[: len(blocks) - cut]:  # a reply cut by max_tokens ends in a half task
         parts = re.split(r"\d+\s*\.\s*(Instruction|Input|Output)\s*:", block)
         fields = dict(zip(parts[1::2], (p.strip() for p in parts[2::2])))
-        if len(parts) != 7 or set(fields) != {"Instruction", "Input", "Output"} or not fields["Instruction"]:
+        # Small teachers often leave out the "N. Input:" line of a task that needs none.
+        if len(parts) != 1 + 2 * len(fields) or not {"Instruction", "Output"} <= set(fields) or not fields["Instruction"]:
             failures += 1
             continue
-        inp = fields["Input"]
+        inp = fields.get("Input", "")
         good.append({"instruction": _clean(fields["Instruction"]), "output": fields["Output"],
                      "input": "" if inp.lower() in _NO_INPUT else inp})
     return Parsed(good, failures + (0 if blocks else 1), cut)
@@ -237,14 +252,15 @@ _OUTPUT = re.compile(r"^[ \t]*Output[ \t]*:[ \t]*", re.M | re.I)
 _OUTPUT_ALT = re.compile(r"^[ \t]*(?:Answer|Response)[ \t]*:[ \t]*", re.M | re.I)
 
 
-def parse_instances(text: str, finish_reason: str = "stop", structured: bool = False, start: int | None = None
-                    ) -> Parsed:
+def parse_instances(text: str, finish_reason: str = "stop", structured: bool = False, start: int | None = None,
+                    task: str | None = None) -> Parsed:
+    """`task`: the instruction the examples are for (see `_own_part`)."""
     if structured:
         items, whole = _json_list(text, "instances")
         good = [{"input": _field_value(i.get("input") or ""), "output": i["output"].strip()} for i in items
                 if isinstance(i, dict) and isinstance(i.get("output"), str)]
         return _finish_json(good, len(items), whole, finish_reason)
-    blocks = _instance_blocks(text)
+    blocks = _instance_blocks(text, task)
     good, failures = [], 0
     for block in blocks:
         # Everything before the first "Output:" is the input (labelled "Input:" or "Sentence:",
@@ -252,21 +268,29 @@ def parse_instances(text: str, finish_reason: str = "stop", structured: bool = F
         m = _OUTPUT.search(block) or _OUTPUT_ALT.search(block)
         if m:
             good.append({"input": _field_value(block[:m.start()]), "output": block[m.end():].strip()})
-        elif len(blocks) == 1 and not _FIELD.match(block.strip()):  # a no-input task answered directly
+        elif len(blocks) == 1 and not _looks_like_input(block):  # a no-input task answered directly
             good.append({"input": "", "output": block.strip()})
         else:
             failures += 1
     return _finish(good, failures + (0 if blocks else 1), finish_reason)
 
 
+def _looks_like_input(block: str) -> bool:
+    """"Input: ..." or "Sentence: The cat sat." without an output is an input alone; a heading
+    such as "Ingredients:" on a line of its own starts an answer."""
+    m = _FIELD.match(block.strip())
+    return bool(m) and (m.group(1).lower() == "input" or bool(block.strip()[m.end():].split("\n", 1)[0].strip()))
+
+
 def parse_labeled_instances(text: str, finish_reason: str = "stop", structured: bool = False,
-                            start: int | None = None) -> Parsed:
+                            start: int | None = None, task: str | None = None) -> Parsed:
+    """`task`: the instruction the examples are for (see `_own_part`)."""
     if structured:
         items, whole = _json_list(text, "instances")
         good = [{"input": _field_value(i.get("input") or ""), "output": i["class_label"].strip()} for i in items
                 if isinstance(i, dict) and isinstance(i.get("class_label"), str)]
         return _finish_json(good, len(items), whole, finish_reason)
-    text = _TASK_LINE.split(_drop_chatter(_unmark(text)))[0]
+    text = _own_part(text, task)
     blocks = [b for b in re.split(r"(?:^|\n)[ \t]*(?:Example \d+\n[ \t]*)?Class[ \t]*label[ \t]*:", "\n" + text,
                                   flags=re.I)[1:] if b.strip()]
     good, failures = [], 0

@@ -103,6 +103,7 @@ def test_yes_no_request_params():
     vllm = yes_no_request_params(True)
     assert vllm["extra_body"] == {"structured_outputs": {"choice": ["Yes", "No"]}}
     assert "guided_choice" not in str(vllm)  # ignored by vLLM 0.32: it would silently do nothing
+    assert yes_no_request_params(True, "completion")["extra_body"]["structured_outputs"]["choice"] == [" Yes", " No"]
     assert yes_no_request_params(False, "chat") == {"max_tokens": 1, "temperature": 0.0, "logprobs": True,
                                                     "top_logprobs": 5}
     assert yes_no_request_params(False, "completion")["logprobs"] == 5
