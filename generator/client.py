@@ -51,6 +51,9 @@ class Completion:
     completion_tokens: int
     endpoint: str
     model: str
+    # First choice only, one {token: logprob} per generated token, when the request asked for
+    # logprobs (generator.classify compares Yes against No with it); None otherwise.
+    top_logprobs: list[dict[str, float]] | None = None
 
 
 @dataclass

@@ -18,6 +18,9 @@ class FilterConfig:
     max_words: int = 150
     blocklist: list[str] = field(default_factory=lambda: list(DEFAULT_BLOCKLIST))
     max_field_words: int = 1000  # an input or output longer than this is almost always a loop
+    # The papers drop instructions that do not start with an ASCII character (their data was
+    # English); a French or Chinese dataset turns this off.
+    ascii_start: bool = True
 
 
 class InstructionFilter:
@@ -42,7 +45,7 @@ class InstructionFilter:
             return "write_a_program"
         if text[0] in string.punctuation:
             return "starts_with_punctuation"
-        if not text[0].isascii():
+        if self.cfg.ascii_start and not text[0].isascii():
             return "starts_with_non_ascii"
         return None
 
@@ -63,8 +66,9 @@ def instance_rejection(inp: str, out: str, cfg: FilterConfig) -> str | None:
 def clean_instances(instances: list[dict], cfg: FilterConfig) -> tuple[list[dict], dict[str, int], str | None]:
     """Keep the good instances of one task: (kept, rejected counts by reason, task-level reason).
 
-    Exact duplicates collapse to one; one input with different outputs makes the whole task
-    unreliable (Self-Instruct drops it)."""
+    Exact duplicates collapse to one. One non-empty input with different outputs makes the whole
+    task unreliable (Self-Instruct drops it); a task without input ("Write a haiku about rain")
+    may well have several good outputs, and the paper's code keeps them all."""
     kept, reasons, outputs_by_input = [], {}, {}
     for inst in instances:
         reason = instance_rejection(inst["input"], inst["output"], cfg)
@@ -78,7 +82,7 @@ def clean_instances(instances: list[dict], cfg: FilterConfig) -> tuple[list[dict
             continue
         prev.add(inst["output"].strip())
         kept.append({"input": inst["input"].strip(), "output": inst["output"].strip()})
-    conflicting = any(len(v) > 1 for k, v in outputs_by_input.items())
+    conflicting = any(len(v) > 1 for k, v in outputs_by_input.items() if k)
     if conflicting:
         return [], reasons, "conflicting_outputs"
     if not kept:

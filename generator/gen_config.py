@@ -5,19 +5,24 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 
 from generator.filters import DEFAULT_BLOCKLIST
+from generator.novelty import TOKENIZERS
 
 # The papers' sampling settings. Self-Instruct: bootstrap at temperature 0.7, top_p 0.5, presence
-# penalty 2; instances greedy. Alpaca: temperature 1.0, top_p 1.0. (vLLM needs top_p > 0, so
-# "greedy" is temperature 0 with top_p 1.)
+# penalty 2; instances greedy with presence penalty 1.5 (the paper's instance-generation call).
+# Alpaca: temperature 1.0, top_p 1.0. (vLLM needs top_p > 0, so "greedy" is temperature 0 with
+# top_p 1.)
 MODE_DEFAULTS = {
     "alpaca": {"temperature": 1.0, "top_p": 1.0, "presence_penalty": 0.0, "max_tokens": 1536,
-               "instance_max_tokens": 0, "instance_temperature": 0.0, "instance_top_p": 1.0},
+               "instance_max_tokens": 0, "instance_temperature": 0.0, "instance_top_p": 1.0,
+               "instance_presence_penalty": 0.0},
     # Magpie samples the user turn at temperature 1 (the paper's setting); a request is one line or
     # a short paragraph, so 128 tokens hold it and a longer one is usually a loop.
     "magpie": {"temperature": 1.0, "top_p": 1.0, "presence_penalty": 0.0, "max_tokens": 128,
-               "instance_max_tokens": 0, "instance_temperature": 0.0, "instance_top_p": 1.0},
+               "instance_max_tokens": 0, "instance_temperature": 0.0, "instance_top_p": 1.0,
+               "instance_presence_penalty": 0.0},
     "self-instruct": {"temperature": 0.7, "top_p": 0.5, "presence_penalty": 2.0, "max_tokens": 512,
-                      "instance_max_tokens": 300, "instance_temperature": 0.0, "instance_top_p": 1.0},
+                      "instance_max_tokens": 300, "instance_temperature": 0.0, "instance_top_p": 1.0,
+                      "instance_presence_penalty": 1.5},
 }
 SAMPLING_KEYS = tuple(MODE_DEFAULTS["alpaca"])
 
@@ -65,6 +70,10 @@ class GenerateConfig:
     novelty_threshold: float = 0.7
     stem: bool = False
     decontaminate: list[str] = field(default_factory=list)  # files whose instructions must not leak in
+    # languages other than English
+    ascii_start: bool = True  # drop instructions that start with a non-ASCII character (the papers')
+    tokenizer: str = "rouge"  # ROUGE-L words: rouge (rouge_score's [a-z0-9] runs) | unicode (any script)
+    instance_presence_penalty: float | None = None  # sampling, None = the mode's default
     # responses: every kept instruction answered again in chat form, N samples, best kept
     responses: int = 4  # samples per instruction; 0 = keep the outputs the instruction stage wrote
     response_temperature: float = 0.8
@@ -118,6 +127,8 @@ class GenerateConfig:
             raise UserError(f"--structured {self.structured!r}: choose auto, json or text")
         if self.num_instructions < 1 or self.concurrency < 1:
             raise UserError("--num-instructions and --concurrency must be at least 1")
+        if self.tokenizer not in TOKENIZERS:
+            raise UserError(f"--tokenizer {self.tokenizer!r}: choose rouge or unicode")
         if not 0.0 < self.novelty_threshold <= 1.0:
             raise UserError("--novelty-threshold must be in (0, 1]")
         if self.responses < 0 or self.responses > 64:

@@ -67,6 +67,12 @@ def add_generate_args(p) -> None:
     a("--judge-url", help="OpenAI-compatible server of the rating judge (default: the teacher)")
     a("--judge-model", help="model name on the judge server")
     a("--reward-model", help="HF folder of a sequence-classification reward model (with --score ...,reward)")
+    a("--tokenizer", choices=["rouge", "unicode"], help="ROUGE-L words for novelty and decontamination: rouge "
+      "(rouge-score's, English; default) or unicode (words of any script, each CJK character a word)")
+    a("--no-ascii-start", dest="ascii_start", action="store_false", default=None, help="keep instructions that "
+      "start with a non-ASCII character (the papers drop them; needed for other scripts)")
+    a("--instance-presence-penalty", type=float, help="self-instruct: presence penalty of the instance "
+      "request (default 1.5, the paper's)")
     a("--system-prompt", help="magpie: a system prompt before the user turn, to steer the requests' domain")
     a("--max-model-len", type=int, help="the teacher's context length (default: what vLLM reports; when Sprout "
       "starts the teacher: the model's own)")
@@ -130,7 +136,8 @@ async def _generate(cfg: GenerateConfig, seeds, templates, run: RunDir, base_url
         structured = cfg.structured == "json" or (cfg.structured == "auto" and vllm)
         budget = await ContextBudget.discover(client, cfg.max_model_len)
         scorer = make_scorer(cfg.score_config(), client, structured=vllm)
-        pipe = Pipeline(cfg, seeds, templates, client, run, structured, decontam, scorer=scorer, budget=budget)
+        pipe = Pipeline(cfg, seeds, templates, client, run, structured, decontam, scorer=scorer, budget=budget,
+                        server_is_vllm=vllm)
         progress = _Progress(cfg.num_instructions, pipe.kept)
         pipe.progress = progress
         try:
@@ -153,7 +160,7 @@ def generate(cfg: GenerateConfig, force: bool = False) -> dict:
     if cfg.decontaminate:
         from generator.decontam import Decontaminator
 
-        decontam = Decontaminator.from_files(cfg.decontaminate, cfg.novelty_threshold)
+        decontam = Decontaminator.from_files(cfg.decontaminate, cfg.novelty_threshold, tokenizer=cfg.tokenizer)
     run = RunDir(cfg.out).open(cfg, {k: t.sha256 for k, t in templates.items()}, force=force)
     for note in run.notes:
         print(f"note: {note}", file=sys.stderr)

@@ -8,6 +8,10 @@ each so rapidfuzz's C++ LCS scores a pair in nanoseconds; an inverted index with
 decision uses F recomputed in rouge_score's float arithmetic from the exact integer LCS.
 Top-k neighbours below the threshold are found exactly too, from a cheap upper bound on F for
 every entry (shared-token counts), so only a handful of entries need an LCS.
+
+`tokenizer="unicode"` counts words of any script instead (rouge_score keeps only [a-z0-9], so a
+French instruction loses its accented words and a Chinese one has no tokens at all and is always
+"novel"); the default stays rouge_score's, bit for bit.
 """
 
 from __future__ import annotations
@@ -16,6 +20,7 @@ import dataclasses
 import functools
 import json
 import re
+import unicodedata
 from array import array
 from collections import Counter
 from itertools import chain
@@ -52,14 +57,33 @@ def _stemmer() -> _MemoStemmer:
 
 
 _RUN = re.compile(r"[a-z0-9]+")
+# Scripts written without spaces between words: each character is a token (as in Chinese ROUGE
+# evaluations), so a near-duplicate shares a long character subsequence. Han (with extensions
+# and compatibility ideographs), hiragana and katakana.
+_CJK = "\u3040-\u30ff\u3400-\u4dbf\u4e00-\u9fff\uf900-\ufaff\U00020000-\U0003134f"
+# One CJK character, or a run of letters / digits of any other script ([^\W_] is \w without _).
+_UNICODE_RUN = re.compile(f"[{_CJK}]|[^\\W_{_CJK}]+")
+TOKENIZERS = ("rouge", "unicode")
 
 
-def tokens(text: str, use_stemmer: bool = False) -> list[str]:
-    """rouge_score's tokens of `text`: lowercase [a-z0-9] runs, Porter stems if asked.
+def tokens(text: str, use_stemmer: bool = False, tokenizer: str = "rouge") -> list[str]:
+    """ROUGE-L tokens of `text`.
 
-    Without stemming, rouge_score's lower / substitute / split / validate sequence keeps exactly
-    the [a-z0-9] runs of the lowercased text; one findall gives the same list ~3x faster (the
-    parity tests compare against rouge_score itself)."""
+    "rouge": rouge_score's tokens: lowercase [a-z0-9] runs, Porter stems if asked. Without
+    stemming, rouge_score's lower / substitute / split / validate sequence keeps exactly the
+    [a-z0-9] runs of the lowercased text; one findall gives the same list ~3x faster (the parity
+    tests compare against rouge_score itself).
+    "unicode": case-folded runs of letters and digits of any script, each CJK character a token
+    of its own; NFKC first, so a decomposed "é" is one letter and full-width digits are digits.
+    Stemming (English Porter, as rouge_score: words over 3 characters) applies to both."""
+    if tokenizer == "unicode":
+        toks = _UNICODE_RUN.findall(unicodedata.normalize("NFKC", text).casefold())
+        if use_stemmer:
+            stem = _stemmer().stem
+            toks = [stem(t) if len(t) > 3 else t for t in toks]
+        return toks
+    if tokenizer != "rouge":
+        raise ValueError(f"tokenizer must be one of {TOKENIZERS}, got {tokenizer!r}")
     if not use_stemmer:
         return _RUN.findall(text.lower())
     return rouge_tokenize.tokenize(text, _stemmer())
@@ -79,13 +103,17 @@ def _char(i: int) -> str:
     return chr(i + 0x800 if i >= 0xD800 else i)
 
 
-def rouge_l(a: str, b: str, use_stemmer: bool = False) -> float:
+def rouge_l(a: str, b: str, use_stemmer: bool = False, tokenizer: str = "rouge") -> float:
     """ROUGE-L F of two texts: rouge_score's `RougeScorer(['rougeL'], use_stemmer=...)
-    .score(a, b)['rougeL'].fmeasure`, exactly."""
-    ta, tb = tokens(a, use_stemmer), tokens(b, use_stemmer)
+    .score(a, b)['rougeL'].fmeasure`, exactly (with the default tokenizer)."""
+    ta, tb = tokens(a, use_stemmer, tokenizer), tokens(b, use_stemmer, tokenizer)
     code = {t: _char(i) for i, t in enumerate(dict.fromkeys(ta + tb))}
     lcs = LCSseq.similarity("".join(map(code.get, ta)), "".join(map(code.get, tb)))
     return _fmeasure(lcs, len(ta), len(tb))
+
+
+# Each distinct token is one code point (see `_char`): at most this many per pool.
+CAPACITY = 0x110000 - 0x800
 
 
 def _rank_key(hit: tuple[int, float]) -> tuple[float, int]:
@@ -96,10 +124,14 @@ class NoveltyPool:
     """The instructions kept so far. A text is novel iff no entry has ROUGE-L F > threshold with
     it (rouge_score's F; empty-token texts score 0 with everything, so they are always novel)."""
 
-    def __init__(self, threshold: float = 0.7, use_stemmer: bool = False):
+    def __init__(self, threshold: float = 0.7, use_stemmer: bool = False, tokenizer: str = "rouge",
+                 capacity: int = CAPACITY):
         if not 0.0 <= threshold <= 1.0:
             raise ValueError(f"threshold must be between 0 and 1, got {threshold!r}")
-        self.threshold, self.use_stemmer = float(threshold), use_stemmer
+        if tokenizer not in TOKENIZERS:
+            raise ValueError(f"tokenizer must be one of {TOKENIZERS}, got {tokenizer!r}")
+        self.threshold, self.use_stemmer, self.tokenizer = float(threshold), use_stemmer, tokenizer
+        self.capacity = min(capacity, CAPACITY)
         self._chars: dict[str, str] = {}  # token -> its one-character code
         self._texts: list[str] = []
         self._codes: list[str] = []  # each entry as a string of token codes
@@ -126,14 +158,20 @@ class NoveltyPool:
 
     def _encode(self, text: str) -> str:
         chars = self._chars
-        toks = tokens(text, self.use_stemmer)
+        toks = tokens(text, self.use_stemmer, self.tokenizer)
         try:
             return "".join([chars[t] for t in toks])
         except KeyError:  # new tokens: give them codes
             for t in toks:
                 if t not in chars:
-                    if len(chars) >= 0x110000 - 0x800:
-                        raise RuntimeError("more distinct tokens than unicode has code points") from None
+                    if len(chars) >= self.capacity:
+                        # A code point per token is what makes the C++ LCS fast; growing past
+                        # unicode would mean a slower representation for every pool, and ~1.1M
+                        # distinct words is far beyond any instruction set, so: a clear stop.
+                        raise UserError(
+                            f"the novelty pool is full: {len(chars)} distinct words after {len(self._texts)} "
+                            f"texts (the limit is {self.capacity}); deduplicate the data in parts, or check "
+                            "the texts are not random strings (ids, hashes, base64)") from None
                     chars[t] = _char(len(chars))
             return "".join([chars[t] for t in toks])
 
@@ -338,11 +376,11 @@ class NoveltyPool:
 
 
 def dedup_records(records: list[dict], threshold: float = 0.7, key: str = "instruction",
-                  use_stemmer: bool = False) -> tuple[list[dict], list[dict]]:
+                  use_stemmer: bool = False, tokenizer: str = "rouge") -> tuple[list[dict], list[dict]]:
     """Drop records whose `key` text has ROUGE-L F > threshold with an earlier kept one. Returns
     (kept, dropped) in input order: kept are the input dicts; dropped are copies with
     "_nearest": {"instruction": the most similar kept text, "rouge_l": its F}."""
-    pool = NoveltyPool(threshold, use_stemmer)
+    pool = NoveltyPool(threshold, use_stemmer, tokenizer)
     kept, dropped = [], []
     for i, rec in enumerate(records, 1):
         if problem := _problem(rec, key):
@@ -386,10 +424,10 @@ def _read_jsonl(path: Path, key: str) -> list[dict]:
 
 
 def dedup_file(in_path, out_path, threshold: float = 0.7, key: str = "instruction",
-               use_stemmer: bool = False) -> tuple[int, int]:
+               use_stemmer: bool = False, tokenizer: str = "rouge") -> tuple[int, int]:
     """JSONL in, the kept records (input order) out. Returns (kept, dropped) counts."""
     records = _read_jsonl(Path(in_path), key)  # all read first: out_path may be in_path
-    kept, dropped = dedup_records(records, threshold, key, use_stemmer)
+    kept, dropped = dedup_records(records, threshold, key, use_stemmer, tokenizer)
     out = Path(out_path)
     tmp = out.with_name(out.name + ".tmp")
     try:
@@ -407,6 +445,7 @@ class DedupConfig:
     threshold: float = 0.7
     key: str = "instruction"
     stem: bool = False
+    tokenizer: str = "rouge"
 
 
 def add_dedup_args(p) -> None:
@@ -417,6 +456,9 @@ def add_dedup_args(p) -> None:
     p.add_argument("--key", help="field holding the text to compare (default instruction)")
     p.add_argument("--stem", action="store_true", default=None,
                    help="Porter-stem tokens first (rouge_score's use_stemmer)")
+    p.add_argument("--tokenizer", choices=TOKENIZERS,
+                   help="words ROUGE-L counts: rouge (rouge_score's [a-z0-9] runs, the default) or unicode "
+                        "(letters and digits of any script, each CJK character a word)")
     p.set_defaults(func=run_dedup)
 
 
@@ -426,7 +468,9 @@ def run_dedup(args) -> int:
     cfg = load_config(DedupConfig, getattr(args, "config", None), vars(args))
     if not 0.0 <= cfg.threshold <= 1.0:  # also rejects NaN
         raise UserError(f"--threshold must be between 0 and 1, got {cfg.threshold}")
-    kept, dropped = dedup_file(args.input, args.output, cfg.threshold, cfg.key, cfg.stem)
+    if cfg.tokenizer not in TOKENIZERS:  # a config file bypasses argparse's choices
+        raise UserError(f"tokenizer: choose rouge or unicode, got {cfg.tokenizer!r}")
+    kept, dropped = dedup_file(args.input, args.output, cfg.threshold, cfg.key, cfg.stem, cfg.tokenizer)
     print(f"kept {kept} of {kept + dropped} (dropped {dropped} near-duplicates, "
           f"ROUGE-L > {cfg.threshold:g})")
     return 0

@@ -347,3 +347,72 @@ def test_dedup_command(tmp_path, capsys):
     args = p.parse_args([str(src), str(out), "--threshold", "1.5"])
     with pytest.raises(UserError, match="--threshold must be between 0 and 1"):
         args.func(args)
+
+
+# --- languages other than English: tokenizer="unicode" --------------------------------------------
+
+# One word differs. rouge_score cuts accented words into ASCII pieces ("préférées" -> pr f r es),
+# so the French pair looks less alike than it is; the Chinese pair has no rouge_score token at all.
+FRENCH = ("Cite tes trois activités préférées.", "Cite tes trois activités favorites.")
+CHINESE = ("请写一首关于大海的短诗。", "请写一首关于大山的短诗。")
+
+
+def test_unicode_tokenizer_words():
+    from generator.novelty import tokens
+
+    assert tokens("Écris un POÈME, s'il te plaît!", tokenizer="unicode") == ["écris", "un", "poème", "s", "il",
+                                                                            "te", "plaît"]
+    assert tokens("写诗 about ＡＢＣ１２", tokenizer="unicode") == ["写", "诗", "about", "abc12"]
+    decomposed = "e\u0301te\u0301"  # "été" written with combining accents: one word after NFKC
+    assert tokens(decomposed, tokenizer="unicode") == ["été"]
+    with pytest.raises(ValueError):
+        tokens("x", tokenizer="bpe")
+
+
+@pytest.mark.parametrize("pair", [FRENCH, CHINESE])
+def test_unicode_catches_near_duplicates_the_default_misses(pair):
+    a, b = pair
+    assert rouge_l(a, b, tokenizer="unicode") > 0.7
+    assert rouge_l(a, b) <= 0.7
+    for tokenizer, novel in (("unicode", False), ("rouge", True)):
+        pool = NoveltyPool(0.7, tokenizer=tokenizer)
+        pool.add(a)
+        assert pool.check(b, k=1)[0] is novel
+        kept, dropped = dedup_records([{"instruction": a}, {"instruction": b}], tokenizer=tokenizer)
+        assert len(kept) == (2 if novel else 1)
+
+
+def test_unicode_pool_matches_brute_force():
+    """The index and the fast LCS are tokenizer-agnostic: keep/drop equals a brute-force loop over
+    rouge_l with the same tokenizer, on a stream of French and Chinese near-duplicates."""
+    words = "écris un poème sur la mer été hiver traduis 这 是 一 个 关于 大海 的 诗 写 请 résumé naïve".split()
+    texts = _stream(600, seed=5, words=words)
+    pool, kept, expect = NoveltyPool(0.7, tokenizer="unicode"), [], []
+    for t in texts:
+        keep = all(rouge_l(t, k, tokenizer="unicode") <= 0.7 for k in kept)
+        expect.append(keep)
+        if keep:
+            kept.append(t)
+    assert [pool.check_and_add(t, k=0)[0] for t in texts] == expect
+    assert 50 < sum(expect) < 550  # both decisions really happen
+
+
+def test_dedup_command_tokenizer_flag(tmp_path):
+    src, out = tmp_path / "in.jsonl", tmp_path / "out.jsonl"
+    src.write_text("".join(json.dumps({"instruction": t}, ensure_ascii=False) + "\n" for t in CHINESE))
+    p = argparse.ArgumentParser()
+    add_dedup_args(p)
+    args = p.parse_args([str(src), str(out), "--tokenizer", "unicode"])
+    assert args.func(args) == 0 and len(out.read_text().splitlines()) == 1
+    args = p.parse_args([str(src), str(out)])
+    assert args.func(args) == 0 and len(out.read_text().splitlines()) == 2
+
+
+def test_full_pool_is_a_clear_user_error():
+    pool = NoveltyPool(0.7, capacity=6)
+    pool.add("one two three")
+    pool.check_and_add("four five six")  # exactly at capacity: fine
+    assert len(pool) == 2
+    with pytest.raises(UserError, match="novelty pool is full: 6 distinct words after 2 texts"):
+        pool.check_and_add("seven")
+    assert pool.check("one two six", k=1)[0]  # known words still work after the refusal
