@@ -97,7 +97,16 @@ def relevance(request: str, answer: str) -> float:
     return round(len(want & _content_words(answer)) / len(want), 4) if want else 1.0
 
 
+def _echoes(text: str, request: str) -> bool:
+    """The answer is the request again (ROUGE-L F >= 0.8 against it): a small model's way of
+    'answering' a question with a question."""
+    from generator.novelty import rouge_l
+
+    return rouge_l(text, request) >= 0.8
+
+
 def check_reasons(text: str, finish_reason: str, prompt: str) -> list[str]:
+    """Why this answer may never be kept; `prompt` is the request without constraint sentences."""
     if not text.strip():
         return ["empty_response"]
     reasons = []
@@ -105,7 +114,7 @@ def check_reasons(text: str, finish_reason: str, prompt: str) -> list[str]:
         reasons.append("cut_by_length_limit")
     if _degenerate(text):
         reasons.append("repetitive_response")
-    if " ".join(text.split()).lower() == " ".join(prompt.split()).lower():
+    if _echoes(text, prompt):
         reasons.append("echoes_prompt")
     if _DEFLECT.match(text.strip()):
         reasons.append("deflects")
@@ -220,7 +229,7 @@ class Scorer:
         for c in constraints:  # relevance is to the request, not to the constraint sentences
             request = request.replace(c.get("text", ""), " ")
         for c in cands:
-            c["reasons"] = check_reasons(c["text"], c["finish_reason"], prompt)
+            c["reasons"] = check_reasons(c["text"], c["finish_reason"], request)
             c["scores"]["relevance"] = relevance(request, c["text"])
             if "verifiers" in self.cfg.score:
                 score_verifiers(c, constraints)

@@ -373,3 +373,16 @@ def test_selection_prefers_a_relevant_answer_and_drops_deflections():
     assert reason is None and best == 3
     assert cands[0]["reasons"] == ["deflects"] and cands[2]["reasons"] == ["constraint_failed"]
     assert cands[3]["scores"]["relevance"] > cands[1]["scores"]["relevance"] == 0.0
+
+
+def test_an_answer_that_repeats_the_request_is_never_kept():
+    import asyncio
+
+    from generator.scoring import ScoreConfig, Scorer, new_candidate
+
+    cons = [{"type": "end_with_question", "params": {}, "text": "The last sentence of your response must be a question."}]
+    request = "Can you help me find the fastest way to count the days in 300 days?"
+    prompt = request + " " + cons[0]["text"]
+    cands = [new_candidate(request), new_candidate("Count them one by one. Does that help?")]
+    best, _ = asyncio.run(Scorer(ScoreConfig())(prompt, prompt, "", cands, cons))
+    assert cands[0]["reasons"] == ["echoes_prompt"] and best == 1
