@@ -51,6 +51,7 @@ def test_export_preference_pairs(run_dir, tmp_path, capsys):
     assert "fewer_than_2_candidates: 1" in printed and "no_worse_candidate: 1" in printed
     rows = [json.loads(x) for x in out.read_text().splitlines()]
     assert [r["id"] for r in rows] == ["r0", "r1"]
+    assert list(rows[0])[:4] == ["id", "prompt", "chosen", "rejected"]
     assert {"prompt", "chosen", "rejected", "scores_chosen", "scores_rejected", "id"} <= set(rows[0])
     assert (rows[0]["prompt"], rows[0]["chosen"], rows[0]["rejected"]) == ("Name a fruit.", "Apple.", "Banana is nice.")
     assert rows[0]["scores_rejected"] == {"relevance": 0.9} and rows[0]["rejected_reasons"] == ["constraint_failed"]
@@ -231,7 +232,7 @@ def test_dpo_learns_and_reference_stays(student, pairs_file, tmp_path):
     def on_data(train_enc, eval_enc):
         seen["pairs"], seen["ref0"] = train_enc, [(p.ref_chosen, p.ref_rejected) for p in train_enc]
 
-    summary = train(tiny_dpo(pairs_file, tmp_path / "a", student),
+    summary = train(tiny_dpo(pairs_file, tmp_path / "a", student, eval_data=str(pairs_file)),
                     Hooks(on_model=lambda m: seen.update(model=m), on_data=on_data))
     rs = [r for r in records(tmp_path / "a") if "loss" in r]
     assert len(rs) == 5 and {"reward_margin", "reward_accuracy", "logps_chosen", "logps_rejected"} <= set(rs[0])
@@ -239,6 +240,8 @@ def test_dpo_learns_and_reference_stays(student, pairs_file, tmp_path):
     assert rs[-1]["reward_margin"] > 0.05 and rs[-1]["reward_accuracy"] == 1.0
     assert rs[-1]["loss"] < rs[0]["loss"]
     assert summary["method"] == "dpo" and summary["final_reward_accuracy"] == 1.0
+    evals = [r for r in records(tmp_path / "a") if "eval_loss" in r]
+    assert len(evals) == 1 and evals[0]["eval_reward_accuracy"] == 1.0 and evals[0]["eval_loss"] < math.log(2)
     # the cache never changed, and it still equals the (frozen) base model's log-probs
     assert [(p.ref_chosen, p.ref_rejected) for p in seen["pairs"]] == seen["ref0"]
     import copy
@@ -276,3 +279,17 @@ def test_dpo_resume_is_exact(student, pairs_file, tmp_path):
     assert [r[0] for r in b] == [1, 2, 3, 4]
     for ra, rb in zip(a, b):
         assert rb == pytest.approx(ra, rel=1e-5, abs=1e-6)
+
+
+def test_dpo_config_checks(tmp_path):
+    from trainer.config import check
+
+    base = dict(data="d", out="o")
+    with pytest.raises(UserError, match="--beta must be positive"):
+        check(TrainConfig(**base, method="dpo", beta=0))
+    with pytest.raises(UserError, match="--dpo-loss 'hinge'"):
+        check(TrainConfig(**base, method="dpo", dpo_loss="hinge"))
+    with pytest.raises(UserError, match="--method 'ppo'"):
+        check(TrainConfig(**base, method="ppo"))
+    with pytest.raises(UserError, match="--init-adapter .*no adapter_config.json"):
+        check(TrainConfig(**base, init_adapter=str(tmp_path)))

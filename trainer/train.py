@@ -315,7 +315,8 @@ def _train(cfg: TrainConfig, hooks: Hooks, out: Path, info) -> dict:
             record = {"step": step + 1, "epoch": round((step + 1) / plan.steps_per_epoch, 4), "loss": loss,
                       "lr": lr, "grad_norm": norm, "tokens_per_s": n_tok / dt, "supervised_tokens_per_s": n_sup / dt,
                       "peak_memory_mb": round(peak_memory_mb(device), 1)}
-            if is_dpo:
+            if is_dpo:  # its unit is a pair, not a supervised token
+                del record["supervised_tokens_per_s"]
                 record |= {"pairs_per_s": len(group) / dt, **loss_fn.take_metrics(info)}
             if metrics and ((step + 1) % cfg.log_every == 0 or step + 1 == total):
                 metrics.log(record)
@@ -325,8 +326,9 @@ def _train(cfg: TrainConfig, hooks: Hooks, out: Path, info) -> dict:
             done = step + 1
             if eval_enc and cfg.eval_every and done % cfg.eval_every == 0 and done < total:
                 eval_loss = evaluate(loss_fn, eval_enc, cfg.batch_size, pad_id, info, collate_fn)
+                extra = eval_extra(loss_fn)  # on every rank: it sums over ranks
                 if metrics:
-                    metrics.log({"step": done, "eval_loss": eval_loss, **eval_extra(loss_fn)})
+                    metrics.log({"step": done, "eval_loss": eval_loss, **extra})
             if cfg.save_every and done % cfg.save_every == 0 and done < total:
                 checkpoint.save(out, info, done, plan.epoch_of(done), done % plan.steps_per_epoch, model,
                                 optimizer, scheduler, cfg.keep_checkpoints)
@@ -337,8 +339,9 @@ def _train(cfg: TrainConfig, hooks: Hooks, out: Path, info) -> dict:
         # --- outputs (rank 0) ---------------------------------------------------------------
         if eval_enc:
             eval_loss = evaluate(loss_fn, eval_enc, cfg.batch_size, pad_id, info, collate_fn)
+            extra = eval_extra(loss_fn)
             if metrics:
-                metrics.log({"step": total, "eval_loss": eval_loss, **eval_extra(loss_fn)})
+                metrics.log({"step": total, "eval_loss": eval_loss, **extra})
         summary = {}
         if info.main:
             model.save_pretrained(out / "adapter")
@@ -362,6 +365,7 @@ def _train(cfg: TrainConfig, hooks: Hooks, out: Path, info) -> dict:
             }
             if is_dpo:
                 last = [r for r in history if "reward_accuracy" in r]
+                del summary["supervised_tokens_per_s"]
                 summary |= {"pairs_per_s": tokens_sup / train_time if train_time else None,  # a pair is DPO's unit
                             "final_reward_accuracy": last[-1]["reward_accuracy"] if last else None,
                             "final_reward_margin": last[-1]["reward_margin"] if last else None,
