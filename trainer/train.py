@@ -266,7 +266,7 @@ def _train(cfg: TrainConfig, hooks: Hooks, out: Path, info) -> dict:
     n_trainable = sum(p.numel() for p in params)
     say(f"train: {len(train_enc)} examples ({stats.truncated} truncated, {stats.dropped} dropped), "
         f"eval: {len(eval_enc)}; {total} steps x {cfg.batch_size * cfg.grad_accum * info.world} examples; "
-        f"LoRA r={cfg.lora_r} on {','.join(sorted(model.peft_config['default'].target_modules))} "
+        f"LoRA r={model.peft_config['default'].r} on {','.join(sorted(model.peft_config['default'].target_modules))} "
         f"({n_trainable / 1e6:.2f}M trainable); {device.type} {str(dtype).replace('torch.', '')}"
         + (f"; {info.world} processes" if info.active else ""))
 
