@@ -184,9 +184,8 @@ def _train(cfg: TrainConfig, hooks: Hooks, out: Path, info) -> dict:
 
     from generator.config import to_dict
     from generator.models import resolve_model
-    from trainer import checkpoint, dist
+    from trainer import checkpoint, dist, dpo
     from trainer.batching import StepPlan, collate, split_by_tokens
-    from trainer import dpo
     from trainer.data import Fields, load_examples, load_pairs, split_eval
     from trainer.format import Formatter, encode_all
     from trainer.metrics import MetricsLog, peak_memory_mb, plot_loss, read_metrics
@@ -264,8 +263,9 @@ def _train(cfg: TrainConfig, hooks: Hooks, out: Path, info) -> dict:
         start = state["step"]
         say(f"resuming from {ckpt} (step {start})")
     n_trainable = sum(p.numel() for p in params)
-    say(f"train: {len(train_enc)} examples ({stats.truncated} truncated, {stats.dropped} dropped), "
-        f"eval: {len(eval_enc)}; {total} steps x {cfg.batch_size * cfg.grad_accum * info.world} examples; "
+    unit = "pairs" if is_dpo else "examples"
+    say(f"train: {len(train_enc)} {unit} ({stats.truncated} truncated, {stats.dropped} dropped), "
+        f"eval: {len(eval_enc)}; {total} steps x {cfg.batch_size * cfg.grad_accum * info.world} {unit}; "
         f"LoRA r={model.peft_config['default'].r} on {','.join(sorted(model.peft_config['default'].target_modules))} "
         f"({n_trainable / 1e6:.2f}M trainable); {device.type} {str(dtype).replace('torch.', '')}"
         + (f"; {info.world} processes" if info.active else ""))
