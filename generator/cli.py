@@ -32,7 +32,7 @@ HELP = {
     "eval": "compare base and tuned student: reference loss, ROUGE-L, judge win rate",
     "demo": "the whole job on the embedded model: seeds -> dataset -> tuned student -> report",
     "report": "one static HTML report of a generation run (and training / eval)",
-    "export": "export a run's dataset as Alpaca JSONL, chat messages, HF datasets or parquet",
+    "export": "export a run's dataset as Alpaca JSONL, chat messages, HF datasets, parquet or preference pairs",
     "compare": "compare two generation runs: counts, lengths, diversity, overlap",
     "dedup": "drop near-duplicate instructions (ROUGE-L) from an existing dataset",
     "score": "score and filter any dataset's responses: verifiers, LLM judge rating, reward model",

@@ -1,15 +1,26 @@
-"""`sprout export` (a run's records as Alpaca JSONL, chat messages, HF datasets or parquet) and
-`sprout compare` (two runs side by side: counts, lengths, diversity, overlap)."""
+"""`sprout export` (a run's records as Alpaca JSONL, chat messages, HF datasets, parquet or
+preference pairs) and `sprout compare` (two runs side by side: counts, lengths, diversity, overlap).
+
+Preference pairs come from the same run: `sprout generate --responses N` keeps every scored
+candidate, so each record already holds a chosen answer (the selected one) and, often, worse ones.
+A candidate that failed a check (constraint missed, cut by the length limit, a deflection) is a
+natural rejected answer; among passing ones, one whose combined score (generator.scoring.combined)
+is at least --pair-margin below the chosen one's. Columns follow TRL's preference dataset types:
+`preference` is the standard form (prompt / chosen / rejected strings), `preference-messages` the
+conversational one (prompt = [user turn], chosen / rejected = [assistant turn])."""
 
 from __future__ import annotations
 
 import json
+import random
 import statistics
 from pathlib import Path
 
 from generator.errors import UserError
 
-FORMATS = ("alpaca", "messages", "hf", "parquet")
+PREFERENCE_FORMATS = ("preference", "preference-messages")
+FORMATS = ("alpaca", "messages", "hf", "parquet", *PREFERENCE_FORMATS)
+REJECTED = ("worst", "random")
 
 
 def load_run_records(run: str | Path) -> list[dict]:
@@ -41,15 +52,100 @@ def to_alpaca(rec: dict) -> dict:
             "output": rec["output"]}
 
 
+def user_turn(rec: dict) -> str:
+    return rec["instruction"] + (f"\n\n{rec['input']}" if rec.get("input") else "")
+
+
 def to_messages(rec: dict) -> dict:
-    user = rec["instruction"] + (f"\n\n{rec['input']}" if rec.get("input") else "")
+    user = user_turn(rec)
     return {"id": rec.get("id", ""), "messages": [{"role": "user", "content": user},
                                                    {"role": "assistant", "content": rec["output"]}]}
+
+
+# -- preference pairs -------------------------------------------------------------------------------
+
+
+def pick_rejected(rec: dict, margin: float, rejected: str, rng: random.Random) -> tuple[int | None, str | None]:
+    """(index of the rejected candidate, None) or (None, why the record gives no pair)."""
+    from generator.scoring import combined
+
+    cands, sel = rec.get("candidates") or [], rec.get("selected")
+    if len(cands) < 2:
+        return None, "fewer_than_2_candidates"
+    if not isinstance(sel, int) or not 0 <= sel < len(cands) or cands[sel].get("reasons"):
+        return None, "no_selected_candidate"
+    best = combined(cands[sel])
+    worse = [i for i, c in enumerate(cands)
+             if i != sel and c.get("text", "").strip() and c["text"].strip() != cands[sel]["text"].strip()
+             and (c.get("reasons") or round(best - combined(c), 9) >= margin)]
+    if not worse:
+        return None, "no_worse_candidate"
+    if rejected == "random":
+        return rng.choice(worse), None
+    # worst: a failed candidate before any passing one, then the lowest score, then the lowest index
+    return min(worse, key=lambda i: (not cands[i].get("reasons"), combined(cands[i]), i)), None
+
+
+def preference_pairs(records: list[dict], margin: float = 0.1, rejected: str = "worst", seed: int = 0,
+                     conversational: bool = False) -> tuple[list[dict], dict[str, int]]:
+    """TRL-style preference rows from a run's records, and the skipped records counted by reason."""
+    if rejected not in REJECTED:
+        raise UserError(f"--rejected {rejected!r}: choose one of {', '.join(REJECTED)}")
+    if margin < 0:
+        raise UserError(f"--pair-margin must not be negative, got {margin}")
+    pairs, skipped = [], {}
+    for n, rec in enumerate(records):
+        rng = random.Random(f"{seed}:{n}")  # one stream per record: a pair never depends on the others
+        r, why = pick_rejected(rec, margin, rejected, rng)
+        if r is None:
+            skipped[why] = skipped.get(why, 0) + 1
+            continue
+        chosen, worse = rec["candidates"][rec["selected"]], rec["candidates"][r]
+        prompt, c_text, r_text = user_turn(rec), chosen["text"], worse["text"]
+        if conversational:
+            row = {"prompt": [{"role": "user", "content": prompt}],
+                   "chosen": [{"role": "assistant", "content": c_text}],
+                   "rejected": [{"role": "assistant", "content": r_text}]}
+        else:
+            row = {"prompt": prompt, "chosen": c_text, "rejected": r_text}
+        pairs.append({"id": rec.get("id", str(n)), **row, "scores_chosen": chosen.get("scores", {}),
+                      "scores_rejected": worse.get("scores", {}), "rejected_reasons": worse.get("reasons", [])})
+    return pairs, skipped
+
+
+def _write_jsonl(path: Path, rows) -> None:
+    tmp = path.with_name(path.name + ".tmp")
+    with open(tmp, "w", encoding="utf-8") as f:
+        for row in rows:
+            f.write(json.dumps(row, ensure_ascii=False) + "\n")
+    tmp.replace(path)
+
+
+def export_preference(run: str, fmt: str, out: str, margin: float = 0.1, rejected: str = "worst",
+                      seed: int = 0) -> tuple[int, dict[str, int]]:
+    """Write preference pairs; returns (pairs written, skipped records by reason)."""
+    records = load_run_records(run)
+    if not records:
+        raise UserError(f"{run}: the run has no records yet")
+    pairs, skipped = preference_pairs(records, margin, rejected, seed, conversational=fmt == "preference-messages")
+    if not pairs:
+        raise UserError(f"{run}: no preference pairs ({_skips(skipped)}); generate with --responses 2 or more "
+                        "so each instruction has candidates to compare, or lower --pair-margin")
+    out_path = Path(out)
+    out_path.parent.mkdir(parents=True, exist_ok=True)
+    _write_jsonl(out_path, pairs)
+    return len(pairs), skipped
+
+
+def _skips(skipped: dict[str, int]) -> str:
+    return ", ".join(f"{k}: {v}" for k, v in sorted(skipped.items())) or "none skipped"
 
 
 def export(run: str, fmt: str, out: str) -> int:
     if fmt not in FORMATS:
         raise UserError(f"--format {fmt!r}: choose one of {', '.join(FORMATS)}")
+    if fmt in PREFERENCE_FORMATS:
+        return export_preference(run, fmt, out)[0]
     records = load_run_records(run)
     if not records:
         raise UserError(f"{run}: the run has no records yet")
@@ -57,11 +153,7 @@ def export(run: str, fmt: str, out: str) -> int:
     out_path.parent.mkdir(parents=True, exist_ok=True)
     if fmt in ("alpaca", "messages"):
         conv = to_alpaca if fmt == "alpaca" else to_messages
-        tmp = out_path.with_name(out_path.name + ".tmp")
-        with open(tmp, "w", encoding="utf-8") as f:
-            for rec in records:
-                f.write(json.dumps(conv(rec), ensure_ascii=False) + "\n")
-        tmp.replace(out_path)
+        _write_jsonl(out_path, (conv(rec) for rec in records))
     else:
         from datasets import Dataset
 
@@ -78,10 +170,22 @@ def add_export_args(p) -> None:
     p.add_argument("run", help="run directory made by sprout generate")
     p.add_argument("--format", default="alpaca", choices=FORMATS)
     p.add_argument("--out", required=True, help="output file (folder for --format hf)")
+    g = p.add_argument_group("preference pairs (--format preference / preference-messages)")
+    g.add_argument("--pair-margin", type=float, default=0.1, metavar="M",
+                   help="a passing candidate is rejected only when its combined score is at least M below the "
+                        "chosen one's (failed candidates always qualify; default 0.1)")
+    g.add_argument("--rejected", choices=REJECTED, default="worst",
+                   help="which worse candidate to pair: the worst (default) or a random one (seeded)")
+    g.add_argument("--seed", type=int, default=0, help="seed for --rejected random (default 0)")
     p.set_defaults(func=run_export)
 
 
 def run_export(args) -> int:
+    if args.format in PREFERENCE_FORMATS:
+        n, skipped = export_preference(args.run, args.format, args.out, args.pair_margin, args.rejected, args.seed)
+        print(f"wrote {n} preference pairs to {args.out} ({args.format}); "
+              f"skipped {sum(skipped.values())} records ({_skips(skipped)})")
+        return 0
     n = export(args.run, args.format, args.out)
     print(f"wrote {n} records to {args.out} ({args.format})")
     return 0

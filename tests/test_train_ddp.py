@@ -35,12 +35,12 @@ def lora_weights(model) -> dict:
     return {n: p.detach().clone() for n, p in model.named_parameters() if "lora_" in n}
 
 
-def worker(data: str, out: str, model: str) -> None:
+def worker(data: str, out: str, model: str, method: str = "sft") -> None:
     """One torchrun process: train, then leave this rank's LoRA weights beside the outputs."""
     from trainer.train import Hooks, train
 
     seen = {}
-    train(config(data, out, model), Hooks(on_model=lambda m: seen.update(model=m)))
+    train(config(data, out, model, method=method), Hooks(on_model=lambda m: seen.update(model=m)))
     torch.save(lora_weights(seen["model"]), Path(out) / f"lora-rank{os.environ['RANK']}.pt")
 
 
@@ -70,8 +70,8 @@ def test_two_process_gloo_run_agrees_with_single_process(student, tmp_path):
     assert (out / "adapter" / "adapter_model.safetensors").is_file()
     state = json.loads((out / "checkpoints" / "step-000001" / "state.json").read_text())
     assert state["world_size"] == 2
-    assert {p.name for p in (out / "checkpoints" / "step-000001").glob("rng-rank*.pt")} == {"rng-rank0.pt",
-                                                                                          "rng-rank1.pt"}
+    rng_files = {p.name for p in (out / "checkpoints" / "step-000001").glob("rng-rank*")}
+    assert rng_files == {"rng-rank0.safetensors", "rng-rank1.safetensors"}  # pickle-free RNG states
 
     # The same global batch in one process, by accumulation: same weights up to float rounding.
     seen = {}
@@ -83,5 +83,41 @@ def test_two_process_gloo_run_agrees_with_single_process(student, tmp_path):
     assert single["eval_loss"] == pytest.approx(summary["eval_loss"], rel=1e-5)
 
 
+def test_two_process_dpo_agrees_with_single_process(student, tmp_path):
+    """DPO through DDP: the pair-normalised loss and the reward metrics (summed over ranks) match
+    one process taking the same global batch by accumulation."""
+    from generator.server import free_port
+    from trainer.train import Hooks, train
+
+    data = tmp_path / "pairs.jsonl"
+    rows = [{"prompt": f"Say {w}.", "chosen": f"{w} {w}.", "rejected": "No, sorry."}
+            for w in ("red", "blue", "green", "stone", "river", "cloud", "tree", "lamp", "road", "sand")]
+    data.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    out = tmp_path / "ddp"
+    env = {**os.environ, "PYTHONPATH": str(ROOT), "OMP_NUM_THREADS": "1"}
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc-per-node", "2", "--master-addr", "127.0.0.1",
+           "--master-port", str(free_port()), __file__, str(data), str(out), student, "dpo"]
+    proc = subprocess.run(cmd, cwd=ROOT, env=env, capture_output=True, text=True, timeout=600)
+    assert proc.returncode == 0, proc.stderr[-4000:]
+    w0, w1 = (torch.load(out / f"lora-rank{r}.pt", weights_only=True) for r in (0, 1))
+    for n in w0:
+        assert torch.equal(w0[n], w1[n]), n
+    seen = {}
+    train(config(str(data), str(tmp_path / "single"), student, grad_accum=2, method="dpo"),
+          Hooks(on_model=lambda m: seen.update(model=m)))
+    ws = lora_weights(seen["model"])
+    for n in w0:
+        torch.testing.assert_close(w0[n], ws[n], rtol=1e-4, atol=1e-6)
+
+    def steps(d):
+        return [r for r in map(json.loads, (d / "metrics.jsonl").read_text().splitlines()) if "loss" in r]
+
+    for a, b in zip(steps(out), steps(tmp_path / "single")):
+        for k in ("loss", "reward_margin", "reward_accuracy", "logps_chosen"):
+            assert a[k] == pytest.approx(b[k], rel=1e-4, abs=1e-6), k
+    evals = [r for r in map(json.loads, (out / "metrics.jsonl").read_text().splitlines()) if "eval_loss" in r]
+    assert evals and "eval_reward_accuracy" in evals[-1]
+
+
 if __name__ == "__main__":
-    worker(*sys.argv[1:4])
+    worker(*sys.argv[1:5])

@@ -11,6 +11,8 @@ from generator.errors import UserError
 SCHEDULES = ("cosine", "linear", "constant")
 OVERLONG = ("truncate", "drop")
 DTYPES = ("auto", "float32", "bfloat16")
+METHODS = ("sft", "dpo")
+DPO_LOSSES = ("sigmoid", "ipo")
 
 
 @dataclass
@@ -27,6 +29,11 @@ class TrainConfig:
     system_prompt: str | None = None  # added as a system turn when the record has none
     max_length: int = 1024  # tokens per example, prompt + response
     overlong: str = "truncate"  # truncate | drop examples longer than max_length
+    # --- method -------------------------------------------------------------------------------
+    method: str = "sft"  # sft | dpo (preference pairs: prompt / chosen / rejected)
+    beta: float = 0.1  # DPO: scale of the implicit reward; larger keeps closer to the reference
+    dpo_loss: str = "sigmoid"  # sigmoid (DPO paper) | ipo
+    init_adapter: str | None = None  # LoRA adapter folder to start from (DPO: also the reference)
     # --- model and LoRA -----------------------------------------------------------------------
     model: str | None = None  # HF folder or hub id; None = the embedded SmolLM2-135M-Instruct
     lora_r: int = 16
@@ -64,7 +71,8 @@ def check(cfg: TrainConfig) -> TrainConfig:
         raise UserError("--data is required: a run directory, JSONL / JSON / parquet file or HF datasets folder")
     if not cfg.out:
         raise UserError("--out is required: the folder to write the adapter and metrics to")
-    choices = {"schedule": SCHEDULES, "overlong": OVERLONG, "dtype": DTYPES}
+    choices = {"schedule": SCHEDULES, "overlong": OVERLONG, "dtype": DTYPES, "method": METHODS,
+               "dpo_loss": DPO_LOSSES}
     for name, allowed in choices.items():
         if getattr(cfg, name) not in allowed:
             raise UserError(f"--{name.replace('_', '-')} {getattr(cfg, name)!r}: choose one of {', '.join(allowed)}")
@@ -88,4 +96,11 @@ def check(cfg: TrainConfig) -> TrainConfig:
         raise UserError(f"--warmup-ratio must be in [0, 1), got {cfg.warmup_ratio}")
     if cfg.lr <= 0:
         raise UserError(f"--lr must be positive, got {cfg.lr}")
+    if cfg.beta <= 0:
+        raise UserError(f"--beta must be positive, got {cfg.beta}")
+    if cfg.init_adapter:
+        from pathlib import Path
+
+        if not (Path(cfg.init_adapter).expanduser() / "adapter_config.json").is_file():
+            raise UserError(f"--init-adapter {cfg.init_adapter}: not a PEFT adapter folder (no adapter_config.json)")
     return cfg

@@ -9,6 +9,11 @@ Accepted inputs (the dataset on disk is the contract with the generator):
 Each record is either Alpaca-style (`instruction`, optional `input`, `output`) or chat-style
 (`messages`: a list of {role, content}; ShareGPT's {from, value} with human/gpt is mapped too).
 `Fields` renames the columns for datasets that call them something else.
+
+Preference data (`sprout train --method dpo`, read by `load_pairs`) follows TRL's preference
+types: `prompt` / `chosen` / `rejected` as strings (standard) or as lists of {role, content}
+(conversational: prompt = the turns before the answer, chosen / rejected = the assistant turn(s));
+without `prompt`, chosen and rejected must be whole conversations (TRL's implicit prompt).
 """
 
 from __future__ import annotations
@@ -155,6 +160,14 @@ def _text(record: dict, key: str, where: str, required: bool) -> str:
 
 
 def _messages(value, key: str, where: str) -> list[dict]:
+    messages = _turns(value, key, where)
+    if not any(m["role"] == "assistant" and m["content"].strip() for m in messages):
+        raise UserError(f"{where}: field {key!r}: no non-empty assistant turn to learn from")
+    return messages
+
+
+def _turns(value, key: str, where: str) -> list[dict]:
+    """A non-empty list of {role, content} (or ShareGPT {from, value}), roles checked."""
     if not isinstance(value, list) or not value:
         got = "an empty list" if isinstance(value, list) else _type_name(value)
         raise UserError(f"{where}: field {key!r}: expected a non-empty list of {{role, content}}, got {got}")
@@ -174,8 +187,6 @@ def _messages(value, key: str, where: str) -> list[dict]:
         if not isinstance(content, str):
             raise UserError(f"{at}: content: expected a string, got {_type_name(content)}")
         messages.append({"role": role, "content": content})
-    if not any(m["role"] == "assistant" and m["content"].strip() for m in messages):
-        raise UserError(f"{where}: field {key!r}: no non-empty assistant turn to learn from")
     return messages
 
 
@@ -206,7 +217,72 @@ def load_examples(path: str | Path, fields: Fields = Fields()) -> list[Example]:
     return examples
 
 
-def split_eval(examples: list[Example], fraction: float, seed: int) -> tuple[list[Example], list[Example]]:
+@dataclass
+class PreferencePair:
+    """One preference row as two conversations sharing the prompt: the loss compares them."""
+
+    chosen: Example
+    rejected: Example
+    where: str
+
+
+def _answer(record: dict, key: str, where: str) -> tuple[list[dict], str | None]:
+    """(assistant turns, plain text when the field is a string) of `chosen` / `rejected`."""
+    value = record.get(key)
+    if key not in record:
+        raise UserError(f"{where}: missing field {key!r} (fields present: {', '.join(map(str, record)) or 'none'})")
+    if isinstance(value, str):
+        if not value.strip():
+            raise UserError(f"{where}: field {key!r} is empty")
+        return [{"role": "assistant", "content": value}], value
+    if not isinstance(value, list):
+        raise UserError(f"{where}: field {key!r}: expected a string or a list of {{role, content}}, "
+                        f"got {_type_name(value)}")
+    return _turns(value, key, where), None
+
+
+def to_pair(record, where: str) -> PreferencePair:
+    if not isinstance(record, dict):
+        raise UserError(f"{where}: expected a record (JSON object), got {_type_name(record)}")
+    if "chosen" not in record and "rejected" not in record:
+        raise UserError(f"{where}: no 'chosen'/'rejected' fields (fields present: "
+                        f"{', '.join(map(str, record)) or 'none'}); DPO needs preference pairs, e.g. "
+                        "from `sprout export RUN --format preference`")
+    prompt, prompt_text = record.get("prompt"), None
+    if prompt is None:  # implicit prompt: whole conversations
+        prompt_turns = []
+    elif isinstance(prompt, str):
+        if not prompt.strip():
+            raise UserError(f"{where}: field 'prompt' is empty")
+        prompt_turns, prompt_text = [{"role": "user", "content": prompt}], prompt
+    elif isinstance(prompt, list):
+        prompt_turns = _turns(prompt, "prompt", where)
+    else:
+        raise UserError(f"{where}: field 'prompt': expected a string or a list of {{role, content}}, "
+                        f"got {_type_name(prompt)}")
+    sides = []
+    for key in ("chosen", "rejected"):
+        turns, text = _answer(record, key, where)
+        messages = prompt_turns + turns
+        if messages[-1]["role"] != "assistant" or not messages[-1]["content"].strip():
+            raise UserError(f"{where}: field {key!r}: must end with a non-empty assistant turn")
+        if not any(m["role"] != "assistant" for m in messages[:-1]):
+            raise UserError(f"{where}: field {key!r}: no prompt before the answer (add a 'prompt' field)")
+        alpaca = (prompt_text, "", text) if prompt_text is not None and text is not None else None
+        sides.append(Example(messages, f"{where} ({key})", alpaca))
+    return PreferencePair(sides[0], sides[1], where)
+
+
+def load_pairs(path: str | Path) -> list[PreferencePair]:
+    """Every record of `path` as a PreferencePair; the first bad record raises a UserError."""
+    path = Path(path).expanduser()
+    pairs = [to_pair(record, where) for where, record in _rows(path)]
+    if not pairs:
+        raise UserError(f"{path}: no preference pairs (empty dataset)")
+    return pairs
+
+
+def split_eval(examples: list, fraction: float, seed: int) -> tuple[list, list]:
     """Hold out `fraction` of the examples (at least one when fraction > 0), chosen by `seed`."""
     if fraction <= 0 or len(examples) < 2:
         return examples, []

@@ -39,6 +39,10 @@ class Encoded:
     def n_supervised(self) -> int:
         return sum(1 for x in self.labels if x != IGNORE)
 
+    @property
+    def n_tokens(self) -> int:
+        return len(self.input_ids)
+
 
 class Formatter:
     """Renders examples with `tokenizer`'s chat template (or the Alpaca prompt) and masks the loss."""
@@ -192,16 +196,23 @@ def encode_all(formatter: Formatter, examples: list[Example], max_length: int, o
     stats = stats or EncodeStats()
     kept = []
     for ex in examples:
-        enc = formatter.encode(ex)
         stats.total += 1
-        if len(enc.input_ids) > max_length:
-            if overlong == "drop":
-                stats.dropped += 1
-                continue
-            enc = Encoded(enc.input_ids[:max_length], enc.labels[:max_length])
-            if enc.n_supervised == 0:  # the prompt alone fills max_length: nothing to learn from
-                stats.dropped += 1
-                continue
-            stats.truncated += 1
+        enc, truncated = fit(formatter.encode(ex), max_length, overlong)
+        if enc is None:
+            stats.dropped += 1
+            continue
+        stats.truncated += truncated
         kept.append(enc)
     return kept, stats
+
+
+def fit(enc: Encoded, max_length: int, overlong: str) -> tuple[Encoded | None, bool]:
+    """(`enc` cut to `max_length` tokens, whether it was cut); None when it must be dropped."""
+    if len(enc.input_ids) <= max_length:
+        return enc, False
+    if overlong == "drop":
+        return None, False
+    enc = Encoded(enc.input_ids[:max_length], enc.labels[:max_length])
+    if enc.n_supervised == 0:  # the prompt alone fills max_length: nothing to learn from
+        return None, False
+    return enc, True

@@ -46,9 +46,12 @@ def default_target_modules(model: nn.Module) -> list[str]:
 
 
 def load_student(model_path: str, device: torch.device, dtype: torch.dtype, *, lora_r: int, lora_alpha: int,
-                 lora_dropout: float, target_modules: list[str] | None, gradient_checkpointing: bool):
-    """(peft model on `device`, tokenizer, stop token ids)."""
-    from peft import LoraConfig, get_peft_model
+                 lora_dropout: float, target_modules: list[str] | None, gradient_checkpointing: bool,
+                 init_adapter: str | None = None):
+    """(peft model on `device`, tokenizer, stop token ids). With `init_adapter` (a PEFT adapter
+    folder, e.g. an SFT run's OUT/adapter) its weights are the trainable LoRA start and its own
+    LoRA settings (rank, alpha, targets) apply."""
+    from peft import LoraConfig, PeftModel, get_peft_model
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
     tokenizer = AutoTokenizer.from_pretrained(model_path)
@@ -58,6 +61,14 @@ def load_student(model_path: str, device: torch.device, dtype: torch.dtype, *, l
     model.config.use_cache = False  # no KV cache while training
     stop_ids = getattr(model.generation_config, "eos_token_id", None)
     stop_ids = set(stop_ids if isinstance(stop_ids, list) else [stop_ids] if stop_ids is not None else [])
+    if init_adapter:
+        try:
+            model = PeftModel.from_pretrained(model, init_adapter, is_trainable=True)
+        except (OSError, ValueError, KeyError, RuntimeError) as e:
+            raise UserError(f"--init-adapter {init_adapter}: cannot load it onto this model ({e})") from None
+        if gradient_checkpointing:
+            model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+        return model, tokenizer, stop_ids
     targets = list(target_modules) if target_modules else default_target_modules(model)
     lora = LoraConfig(r=lora_r, lora_alpha=lora_alpha, lora_dropout=lora_dropout, target_modules=targets,
                       bias="none", task_type="CAUSAL_LM")
@@ -90,6 +101,13 @@ class CausalLMLoss(nn.Module):
         self._parts = (decoder, head)  # a tuple: not registered twice as submodules
 
     def forward(self, input_ids, attention_mask, labels):
+        logits, targets = self.supervised_logits(input_ids, attention_mask, labels)
+        loss = nn.functional.cross_entropy(logits.float(), targets, reduction="sum")
+        return loss, targets.numel()
+
+    def supervised_logits(self, input_ids, attention_mask, labels):
+        """(logits at the supervised positions (n, vocab), their target ids (n,)), positions in
+        row-major order: every row's supervised tokens, row after row."""
         targets = labels[:, 1:]
         keep = targets != IGNORE
         amp = (torch.autocast(input_ids.device.type, dtype=self.autocast_dtype) if self.autocast_dtype
@@ -102,5 +120,4 @@ class CausalLMLoss(nn.Module):
             else:
                 logits = self.model(input_ids=input_ids, attention_mask=attention_mask, use_cache=False).logits
                 logits = logits[:, :-1][keep]
-        loss = nn.functional.cross_entropy(logits.float(), targets[keep], reduction="sum")
-        return loss, keep.sum()
+        return logits, targets[keep]

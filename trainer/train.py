@@ -10,6 +10,10 @@ normalised by the supervised tokens of the whole accumulated batch. Eval loss ev
 --eval-every steps, resumable checkpoints every --save-every steps (--resume continues exactly),
 a NaN / inf loss stops the run with a message.
 
+--method dpo trains on preference pairs (prompt / chosen / rejected) with the same loop: the
+pieces that differ (pair encoding, reference log-probs, the DPO loss and its metrics) are in
+trainer/dpo.py. --init-adapter starts from an existing adapter (e.g. the SFT run's OUT/adapter).
+
 Writes OUT/adapter/ (PEFT adapter + tokenizer, loadable by `PeftModel.from_pretrained` and vLLM's
 --lora-modules), OUT/train_config.yaml, OUT/metrics.jsonl, OUT/loss.png, OUT/summary.json,
 OUT/checkpoints/, OUT/tensorboard/ (when tensorboard is installed) and, with --merge, OUT/merged/.
@@ -44,7 +48,7 @@ from pathlib import Path
 from typing import Callable
 
 from generator.errors import UserError
-from trainer.config import DTYPES, OVERLONG, SCHEDULES, TrainConfig, check
+from trainer.config import DPO_LOSSES, DTYPES, METHODS, OVERLONG, SCHEDULES, TrainConfig, check
 
 OUTPUTS = ("adapter", "merged", "checkpoints", "tensorboard", "metrics.jsonl", "summary.json", "loss.png",
            "train_config.yaml")
@@ -60,6 +64,7 @@ class Hooks:
 
     on_model: Callable | None = None  # (peft model) before the first step: inspect, add forward hooks
     on_step: Callable | None = None  # (step, record) after each optimizer step: may raise to stop
+    on_data: Callable | None = None  # (train items, eval items) encoded; DPO pairs carry their reference log-probs
 
 
 def lr_factor(schedule: str, warmup: int, total: int) -> Callable[[int], float]:
@@ -98,14 +103,16 @@ def accumulate(step_fn, micro_batches: list[dict], n_supervised: int, info=None)
     return float(total)
 
 
-def evaluate(loss_fn, encoded: list, batch_size: int, pad_id: int, info) -> float:
-    """Mean token loss over `encoded` (batches sorted by length, shared out over ranks)."""
+def evaluate(loss_fn, encoded: list, batch_size: int, pad_id: int, info, collate=None) -> float:
+    """Mean loss per unit (token for SFT, pair for DPO) over `encoded` (batches sorted by length,
+    shared out over ranks)."""
     import torch
 
     from trainer import dist
-    from trainer.batching import collate
+    from trainer.batching import collate as collate_examples
 
-    order = sorted(range(len(encoded)), key=lambda i: len(encoded[i].input_ids))
+    collate = collate or collate_examples
+    order = sorted(range(len(encoded)), key=lambda i: encoded[i].n_tokens)
     batches = [order[b:b + batch_size] for b in range(0, len(order), batch_size)]
     loss_fn.model.eval()  # dropout off
     total, count = 0.0, 0
@@ -177,9 +184,9 @@ def _train(cfg: TrainConfig, hooks: Hooks, out: Path, info) -> dict:
 
     from generator.config import to_dict
     from generator.models import resolve_model
-    from trainer import checkpoint, dist
+    from trainer import checkpoint, dist, dpo
     from trainer.batching import StepPlan, collate, split_by_tokens
-    from trainer.data import Fields, load_examples, split_eval
+    from trainer.data import Fields, load_examples, load_pairs, split_eval
     from trainer.format import Formatter, encode_all
     from trainer.metrics import MetricsLog, peak_memory_mb, plot_loss, read_metrics
     from trainer.model import CausalLMLoss, load_student, pick_dtype
@@ -190,10 +197,12 @@ def _train(cfg: TrainConfig, hooks: Hooks, out: Path, info) -> dict:
 
     # --- data first: a bad file fails in a second, before the model loads ---------------------
     _prepare_out(cfg, out, info)
+    is_dpo = cfg.method == "dpo"
     fields = Fields(cfg.instruction_field, cfg.input_field, cfg.output_field, cfg.messages_field)
-    examples = load_examples(cfg.data, fields)
+    load = load_pairs if is_dpo else (lambda path: load_examples(path, fields))
+    examples = load(cfg.data)
     if cfg.eval_data:
-        train_ex, eval_ex = examples, load_examples(cfg.eval_data, fields)
+        train_ex, eval_ex = examples, load(cfg.eval_data)
     else:
         train_ex, eval_ex = split_eval(examples, cfg.eval_fraction, cfg.seed)
 
@@ -206,17 +215,20 @@ def _train(cfg: TrainConfig, hooks: Hooks, out: Path, info) -> dict:
     model, tok, stop_ids = load_student(
         resolve_model(cfg.model), device, dtype, lora_r=cfg.lora_r, lora_alpha=cfg.lora_alpha,
         lora_dropout=cfg.lora_dropout, target_modules=cfg.target_modules,
-        gradient_checkpointing=cfg.gradient_checkpointing)
+        gradient_checkpointing=cfg.gradient_checkpointing, init_adapter=cfg.init_adapter)
     torch.manual_seed(cfg.seed + info.rank)  # dropout masks differ per rank, as they would on one big batch
 
     formatter = Formatter(tok, cfg.system_prompt, stop_ids)
-    train_enc, stats = encode_all(formatter, train_ex, cfg.max_length, cfg.overlong)
-    eval_enc, eval_stats = encode_all(formatter, eval_ex, cfg.max_length, cfg.overlong)
+    encode = dpo.encode_pairs if is_dpo else encode_all
+    train_enc, stats = encode(formatter, train_ex, cfg.max_length, cfg.overlong)
+    eval_enc, eval_stats = encode(formatter, eval_ex, cfg.max_length, cfg.overlong)
     if not train_enc:
         raise UserError(f"{cfg.data}: all {stats.total} training examples are longer than --max-length "
                         f"{cfg.max_length} tokens; raise --max-length or use --overlong truncate")
 
-    lengths = [len(e.input_ids) for e in train_enc]
+    # A DPO pair costs two padded rows of its longer side; batches group pairs by that.
+    lengths = [e.batch_length if is_dpo else e.n_tokens for e in train_enc]
+    collate_fn = dpo.collate_pairs if is_dpo else collate
     plan = StepPlan(lengths, cfg.batch_size, cfg.grad_accum, info.world, cfg.seed)
     # Activation memory grows with the tokens of one forward pass (~4 MB a token for SmolLM2-135M in
     # fp32), while CPU throughput per token is flat from ~400 tokens a pass up: on CPU passes are
@@ -229,6 +241,17 @@ def _train(cfg: TrainConfig, hooks: Hooks, out: Path, info) -> dict:
         optimizer, lr_factor(cfg.schedule, round(cfg.warmup_ratio * total), total))
     autocast = torch.bfloat16 if dtype == torch.bfloat16 and device.type == "cuda" else None
     loss_fn = CausalLMLoss(model, autocast_dtype=autocast)
+    if is_dpo:
+        # The reference: the model as it starts (adapter off from a base model; the loaded SFT
+        # adapter with --init-adapter), computed once, before a resumed run loads its checkpoint.
+        say(f"dpo: reference log-probs of {len(train_enc) + len(eval_enc)} pairs "
+            f"({'the loaded adapter' if cfg.init_adapter else 'adapter off'})")
+        for part in (train_enc, eval_enc):
+            dpo.compute_reference(loss_fn, part, cfg.batch_size, tok.pad_token_id, device,
+                                  adapter_off=not cfg.init_adapter, pass_tokens=pass_tokens)
+        loss_fn = dpo.DPOLoss(loss_fn, cfg.beta, cfg.dpo_loss)
+    if hooks.on_data:
+        hooks.on_data(train_enc, eval_enc)
     step_fn = loss_fn
     if info.active:
         step_fn = torch.nn.parallel.DistributedDataParallel(
@@ -240,9 +263,10 @@ def _train(cfg: TrainConfig, hooks: Hooks, out: Path, info) -> dict:
         start = state["step"]
         say(f"resuming from {ckpt} (step {start})")
     n_trainable = sum(p.numel() for p in params)
-    say(f"train: {len(train_enc)} examples ({stats.truncated} truncated, {stats.dropped} dropped), "
-        f"eval: {len(eval_enc)}; {total} steps x {cfg.batch_size * cfg.grad_accum * info.world} examples; "
-        f"LoRA r={cfg.lora_r} on {','.join(sorted(model.peft_config['default'].target_modules))} "
+    unit = "pairs" if is_dpo else "examples"
+    say(f"train: {len(train_enc)} {unit} ({stats.truncated} truncated, {stats.dropped} dropped), "
+        f"eval: {len(eval_enc)}; {total} steps x {cfg.batch_size * cfg.grad_accum * info.world} {unit}; "
+        f"LoRA r={model.peft_config['default'].r} on {','.join(sorted(model.peft_config['default'].target_modules))} "
         f"({n_trainable / 1e6:.2f}M trainable); {device.type} {str(dtype).replace('torch.', '')}"
         + (f"; {info.world} processes" if info.active else ""))
 
@@ -257,6 +281,10 @@ def _train(cfg: TrainConfig, hooks: Hooks, out: Path, info) -> dict:
     model.train()  # from_pretrained returns eval mode, which would silently switch LoRA dropout off
     pad_id = tok.pad_token_id
     train_time, tokens_all, tokens_sup, eval_loss = 0.0, 0, 0, None
+
+    def eval_extra(fn) -> dict:  # DPO's reward accuracy / margin on the eval pairs
+        return fn.take_metrics(info, prefix="eval_") if is_dpo else {}
+
     bar = tqdm(total=total, initial=start, disable=not (info.main and cfg.progress), desc="train",
                unit="step", dynamic_ncols=True, file=sys.stderr)
     try:
@@ -265,8 +293,8 @@ def _train(cfg: TrainConfig, hooks: Hooks, out: Path, info) -> dict:
             per_rank = plan.step(step)
             group = [i for micro in per_rank for mb in micro for i in mb]
             n_sup = sum(train_enc[i].n_supervised for i in group)  # the whole step, all ranks
-            n_tok = sum(len(train_enc[i].input_ids) for i in group)
-            mine = [{k: v.to(device) for k, v in collate([train_enc[i] for i in part], pad_id).items()}
+            n_tok = sum(train_enc[i].n_tokens for i in group)
+            mine = [{k: v.to(device) for k, v in collate_fn([train_enc[i] for i in part], pad_id).items()}
                     for mb in per_rank[info.rank] for part in split_by_tokens(mb, lengths, pass_tokens)]
             lr = scheduler.get_last_lr()[0]
 
@@ -287,6 +315,9 @@ def _train(cfg: TrainConfig, hooks: Hooks, out: Path, info) -> dict:
             record = {"step": step + 1, "epoch": round((step + 1) / plan.steps_per_epoch, 4), "loss": loss,
                       "lr": lr, "grad_norm": norm, "tokens_per_s": n_tok / dt, "supervised_tokens_per_s": n_sup / dt,
                       "peak_memory_mb": round(peak_memory_mb(device), 1)}
+            if is_dpo:  # its unit is a pair, not a supervised token
+                del record["supervised_tokens_per_s"]
+                record |= {"pairs_per_s": len(group) / dt, **loss_fn.take_metrics(info)}
             if metrics and ((step + 1) % cfg.log_every == 0 or step + 1 == total):
                 metrics.log(record)
             bar.update(1)
@@ -294,9 +325,10 @@ def _train(cfg: TrainConfig, hooks: Hooks, out: Path, info) -> dict:
 
             done = step + 1
             if eval_enc and cfg.eval_every and done % cfg.eval_every == 0 and done < total:
-                eval_loss = evaluate(loss_fn, eval_enc, cfg.batch_size, pad_id, info)
+                eval_loss = evaluate(loss_fn, eval_enc, cfg.batch_size, pad_id, info, collate_fn)
+                extra = eval_extra(loss_fn)  # on every rank: it sums over ranks
                 if metrics:
-                    metrics.log({"step": done, "eval_loss": eval_loss})
+                    metrics.log({"step": done, "eval_loss": eval_loss, **extra})
             if cfg.save_every and done % cfg.save_every == 0 and done < total:
                 checkpoint.save(out, info, done, plan.epoch_of(done), done % plan.steps_per_epoch, model,
                                 optimizer, scheduler, cfg.keep_checkpoints)
@@ -306,9 +338,10 @@ def _train(cfg: TrainConfig, hooks: Hooks, out: Path, info) -> dict:
 
         # --- outputs (rank 0) ---------------------------------------------------------------
         if eval_enc:
-            eval_loss = evaluate(loss_fn, eval_enc, cfg.batch_size, pad_id, info)
+            eval_loss = evaluate(loss_fn, eval_enc, cfg.batch_size, pad_id, info, collate_fn)
+            extra = eval_extra(loss_fn)
             if metrics:
-                metrics.log({"step": total, "eval_loss": eval_loss})
+                metrics.log({"step": total, "eval_loss": eval_loss, **extra})
         summary = {}
         if info.main:
             model.save_pretrained(out / "adapter")
@@ -328,7 +361,15 @@ def _train(cfg: TrainConfig, hooks: Hooks, out: Path, info) -> dict:
                              "dropped": stats.dropped + eval_stats.dropped},
                 "processes": info.world, "device": device.type, "dtype": str(dtype).replace("torch.", ""),
                 "model": resolve_model(cfg.model), "adapter": str(out / "adapter"),
+                "method": cfg.method,
             }
+            if is_dpo:
+                last = [r for r in history if "reward_accuracy" in r]
+                del summary["supervised_tokens_per_s"]
+                summary |= {"pairs_per_s": tokens_sup / train_time if train_time else None,  # a pair is DPO's unit
+                            "final_reward_accuracy": last[-1]["reward_accuracy"] if last else None,
+                            "final_reward_margin": last[-1]["reward_margin"] if last else None,
+                            "beta": cfg.beta, "dpo_loss": cfg.dpo_loss, "init_adapter": cfg.init_adapter}
             (out / "summary.json").write_text(json.dumps(summary, indent=2))
             plot_loss(out / "metrics.jsonl", out / "loss.png")
             if cfg.merge:
@@ -365,6 +406,13 @@ def add_train_args(p: argparse.ArgumentParser) -> None:
     g.add_argument("--system-prompt", help="system turn added to conversations that have none")
     g.add_argument("--max-length", type=int, help=f"tokens per example (default {d.max_length})")
     g.add_argument("--overlong", choices=OVERLONG, help="longer examples: truncate (default) or drop")
+    g = p.add_argument_group("method")
+    g.add_argument("--method", choices=METHODS, help="sft (default): learn the responses; dpo: learn from "
+                   "preference pairs (prompt / chosen / rejected, e.g. sprout export RUN --format preference)")
+    g.add_argument("--beta", type=float, help=f"DPO: strength of the pull towards the reference (default {d.beta})")
+    g.add_argument("--dpo-loss", choices=DPO_LOSSES, help="DPO loss: sigmoid (default, the paper) or ipo")
+    g.add_argument("--init-adapter", metavar="DIR", help="start from this LoRA adapter (e.g. an SFT run's "
+                   "OUT/adapter); with --method dpo it is also the reference policy")
     g = p.add_argument_group("model and LoRA")
     g.add_argument("--model", help="HF model folder or hub id (default: the embedded SmolLM2-135M-Instruct)")
     g.add_argument("--lora-r", type=int, help=f"LoRA rank (default {d.lora_r})")
