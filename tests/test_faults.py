@@ -45,8 +45,10 @@ def _members(pgid: int) -> int:
 # -- 1. no orphaned servers -----------------------------------------------------------------------
 
 PARENT = textwrap.dedent("""
-    import sys, time
+    import signal, sys, time
     from generator.server import ProcessGroup
+    # a plain command dies of SIGHUP even when the test runner was started under nohup
+    signal.signal(signal.SIGHUP, signal.SIG_DFL)
     # a "server" with a worker of its own, like vLLM's API process and engine core
     g = ProcessGroup(["sh", "-c", "sleep 300 & sleep 300; true"])
     print(g.pgid, flush=True)
