@@ -128,7 +128,7 @@ def demo(cfg: DemoConfig) -> dict:
         train_summary = train(TrainConfig(data=str(out / "data"), out=str(train_dir), model=cfg.student,
                                           max_steps=cfg.size("max_steps"), epochs=cfg.size("epochs"),
                                           max_length=cfg.size("max_length"),
-                                          batch_size=4, eval_fraction=0.1, eval_every=max(cfg.size("max_steps") // 2, 1),
+                                          batch_size=4, eval_fraction=0.1, eval_every=max((cfg.size("max_steps") or 0) // 2, 0),
                                           save_every=0, lr=5e-4, overwrite=True))
     times["train_s"] = round(time.monotonic() - t, 1)
 
