@@ -117,7 +117,9 @@ def demo(cfg: DemoConfig) -> dict:
     gen_stats = generate(gen)
     times["generate_s"] = round(time.monotonic() - t, 1)
 
-    t = _stage(f"2/4 train a LoRA adapter ({cfg.size('max_steps')} steps)")
+    steps = cfg.size("max_steps")
+    length = f"{steps} steps" if steps else f"{cfg.size('epochs')} epochs"
+    t = _stage(f"2/4 train a LoRA adapter ({length})")
     train_dir = out / "train"
     if (train_dir / "summary.json").is_file() and (train_dir / "adapter" / "adapter_config.json").is_file():
         print(f"{train_dir} already trained; skipping (--fresh to redo)", file=sys.stderr)
