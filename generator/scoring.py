@@ -230,6 +230,8 @@ class Scorer:
             request = request.replace(c.get("text", ""), " ")
         for c in cands:
             c["reasons"] = check_reasons(c["text"], c["finish_reason"], request)
+            if inp.strip() and " ".join(c["text"].split()) == " ".join(inp.split()):
+                c["reasons"].append("input_equals_output")  # the paper's instance rule, for answers too
             c["scores"]["relevance"] = relevance(request, c["text"])
             if "verifiers" in self.cfg.score:
                 score_verifiers(c, constraints)

@@ -386,3 +386,8 @@ def test_an_answer_that_repeats_the_request_is_never_kept():
     cands = [new_candidate(request), new_candidate("Count them one by one. Does that help?")]
     best, _ = asyncio.run(Scorer(ScoreConfig())(prompt, prompt, "", cands, cons))
     assert cands[0]["reasons"] == ["echoes_prompt"] and best == 1
+    # an answer that is the task's input again is not an answer either (the paper's input == output rule)
+    cands = [new_candidate("The cat sat on the mat."), new_candidate("A cat was sitting on the mat.")]
+    best, _ = asyncio.run(Scorer(ScoreConfig())("Rewrite in the past continuous.\n\nThe cat sat on the mat.",
+                                                "Rewrite in the past continuous.", "The cat  sat on the mat.", cands, []))
+    assert cands[0]["reasons"] == ["input_equals_output"] and best == 1
