@@ -26,7 +26,6 @@ import select
 import signal
 import subprocess
 import sys
-import time
 
 
 def group_members(pgid: int) -> list[int]:

@@ -233,7 +233,6 @@ def test_completion_api_with_json_schema(tmp_path, templates):
 
 
 def test_resume_restores_pool_counts_and_budget_consistency(tmp_path, templates):
-    from generator.novelty import NoveltyPool  # noqa: F401 -- pool size checked through the pipeline
     from generator.pipeline import Pipeline
     from generator.runs import RunDir
     from generator.seeds import load_seeds

@@ -364,7 +364,7 @@ def _verifiable_html(doc: _Doc, v: dict) -> str:
                 f'</strong>, base <strong>{_pct(rate["base"])}</strong> '
                 f"({100 * d['mean']:+.1f} points, 95% CI {100 * lo:+.1f} to {100 * hi:+.1f})</p>")
     else:
-        body = (f'<p class="headline">Prompts meeting every constraint: '
+        body = ('<p class="headline">Prompts meeting every constraint: '
                 + ", ".join(f"{m} <strong>{_pct(rate[m])}</strong>" for m in models) + "</p>")
     body += (f"<p>{e(_fmt(v.get('items')))} prompts with {e(_fmt(v.get('constraints')))} constraints (no commas, "
              "at most N words, ...) that a program checks, so no judge is involved; greedy answers. "
