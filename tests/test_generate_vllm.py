@@ -121,7 +121,7 @@ def test_paper_sized_seeds_self_instruct_never_crashes(vllm_teacher, tmp_path, c
     rc = main(["generate", "--seeds", "seeds/paper_sized_seeds.jsonl", "--out", str(run), "--teacher-url",
                vllm_teacher.base_url, "--num-instructions", "2", "--mode", "self-instruct", "--max-model-len", "1024",
                "--max-requests", "60"])
-    assert rc == 0 or (rc == 2 and "stopped after 60 requests" in capsys.readouterr().err)
+    assert rc == 0 or (rc == 2 and "stopped after" in capsys.readouterr().err)
     _bookkeeping(run)
 
 
