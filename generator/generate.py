@@ -15,7 +15,7 @@ from generator.errors import UserError
 from generator.gen_config import GenerateConfig
 from generator.resources import data_dir
 from generator.runs import RunDir
-from generator.scoring import make_scorer
+from generator.scoring import add_scoring_flags, make_scorer
 from generator.seeds import load_seeds
 from generator.templates import STAGES, load_templates
 
@@ -61,12 +61,7 @@ def add_generate_args(p) -> None:
     a("--constraints", type=float, help="share of instructions given verifiable constraints that a response "
       "must meet to be kept (default 0.3; see docs/verifiers.md)")
     a("--max-constraints", type=int, help="most constraints added to one instruction (default 2)")
-    a("--score", help="scorers besides the always-on checks, comma-separated: verifiers, judge, reward "
-      "(default verifiers)")
-    a("--min-score", type=float, help="drop a chosen response the judge rates below this (1-10; needs judge)")
-    a("--judge-url", help="OpenAI-compatible server of the rating judge (default: the teacher)")
-    a("--judge-model", help="model name on the judge server")
-    a("--reward-model", help="HF folder of a sequence-classification reward model (with --score ...,reward)")
+    add_scoring_flags(p, judge_default="default: the teacher")
     a("--tokenizer", choices=["rouge", "unicode"], help="ROUGE-L words for novelty and decontamination: rouge "
       "(rouge-score's, English; default) or unicode (words of any script, each CJK character a word)")
     a("--no-ascii-start", dest="ascii_start", action="store_false", default=None, help="keep instructions that "
@@ -186,8 +181,6 @@ def generate(cfg: GenerateConfig, force: bool = False) -> dict:
 
 def run_generate(args) -> int:
     overrides = {k: v for k, v in vars(args).items() if k not in ("config", "func", "command", "force")}
-    if isinstance(overrides.get("score"), str):
-        overrides["score"] = [s.strip() for s in overrides["score"].split(",") if s.strip()]
     cfg = load_config(GenerateConfig, args.config, overrides)
     stats = generate(cfg, force=args.force)
     rej = ", ".join(f"{k} {v}" for k, v in stats["rejections"].items()) or "none"

@@ -22,7 +22,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 from generator.errors import UserError
-from generator.scoring import ScoreConfig, make_scorer, new_candidate
+from generator.scoring import ScoreConfig, add_scoring_flags, make_scorer, new_candidate
 
 
 @dataclass
@@ -146,13 +146,7 @@ def add_score_args(p) -> None:
     a = p.add_argument
     a("data", nargs="?", help="a Sprout run directory or an Alpaca / messages dataset (JSONL, JSON, CSV, parquet)")
     a("--out", help="the scored copy (JSONL); rejected rows go to OUT.rejected.jsonl")
-    a("--score", help="scorers besides the always-on checks, comma-separated: verifiers, judge, reward "
-      "(default verifiers)")
-    a("--min-score", type=float, help="drop rows the judge rates below this (1-10; needs judge)")
-    a("--judge-url", help="OpenAI-compatible server of the rating judge (needed for --score judge)")
-    a("--judge-model", help="model name on the judge server (default: the first it serves)")
-    a("--judge-template", help="Jinja rating prompt (default prompts/rate.jinja)")
-    a("--reward-model", help="HF folder of a sequence-classification reward model (with --score ...,reward)")
+    add_scoring_flags(p, judge_default="needed for --score judge")
     a("--concurrency", type=int, help="rows scored at once (default 64)")
     p.set_defaults(func=run_score)
 
@@ -161,8 +155,6 @@ def run_score(args) -> int:
     from generator.config import load_config
 
     overrides = {k: v for k, v in vars(args).items() if k not in ("config", "func", "command")}
-    if isinstance(overrides.get("score"), str):
-        overrides["score"] = [s.strip() for s in overrides["score"].split(",") if s.strip()]
     cfg = load_config(ScoreRunConfig, args.config, overrides)
     stats = score(cfg)
     rej = ", ".join(f"{k} {v}" for k, v in stats["rejections"].items()) or "none"

@@ -57,6 +57,18 @@ class ScoreConfig:
             raise UserError(f"--min-score {self.min_score}: the judge rates 1-10")
 
 
+def add_scoring_flags(p, judge_default: str) -> None:
+    """The scorer flags, one definition for `sprout generate` and `sprout score`."""
+    a = p.add_argument
+    a("--score", type=lambda v: [s.strip() for s in v.split(",") if s.strip()],
+      help="scorers besides the always-on checks, comma-separated: verifiers, judge, reward (default verifiers)")
+    a("--min-score", type=float, help="drop an answer the judge rates below this (1-10; needs judge)")
+    a("--judge-url", help=f"OpenAI-compatible server of the rating judge ({judge_default})")
+    a("--judge-model", help="model name on the judge server (default: the first it serves)")
+    a("--judge-template", help="Jinja rating prompt (default prompts/rate.jinja)")
+    a("--reward-model", help="HF folder of a sequence-classification reward model (with --score ...,reward)")
+
+
 def new_candidate(text: str, finish_reason: str = "stop") -> dict:
     return {"text": text.strip(), "finish_reason": finish_reason, "scores": {}, "reasons": []}
 
