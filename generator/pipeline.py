@@ -212,6 +212,20 @@ class Pipeline:
             self._reject({"stage": stage, "raw": out.texts[0][-300:]}, "cut_by_length_limit")
         return out, parsed, tmpl, variables
 
+    async def _unit_request(self, stage: str, variables: dict, stop: list[str]):
+        """A unit's first request (counted at launch), with examples that may be dropped to fit;
+        it no longer awaits a reply once this returns, and a parsed reply counts for the yield."""
+        p = self.params
+        try:
+            asked = await self._ask(stage, variables, p["max_tokens"], stop=stop, first=True, examples=True,
+                                    temperature=p["temperature"], top_p=p["top_p"],
+                                    presence_penalty=p["presence_penalty"])
+        finally:
+            self.awaiting -= 1
+        if asked is not None:
+            self.replies += 1
+        return asked
+
     # -- alpaca ---------------------------------------------------------------------------------
 
     async def _alpaca_unit(self) -> None:
@@ -219,18 +233,12 @@ class Pipeline:
         examples = self.rng.sample(self.seeds, k)
         shown = [{"id": s.id, "instruction": s.instruction, **(s.instances[0] if s.instances else
                                                                   {"input": "", "output": ""})} for s in examples]
-        p = self.params
-        try:
-            asked = await self._ask(
-                "alpaca", {"examples": shown, "num_tasks": self.cfg.tasks_per_prompt, "start": k + 1},
-                p["max_tokens"], stop=[f"\n{k + self.cfg.tasks_per_prompt + 1}. Instruction"], first=True,
-                examples=True, temperature=p["temperature"], top_p=p["top_p"], presence_penalty=p["presence_penalty"])
-        finally:
-            self.awaiting -= 1
+        asked = await self._unit_request(
+            "alpaca", {"examples": shown, "num_tasks": self.cfg.tasks_per_prompt, "start": k + 1},
+            [f"\n{k + self.cfg.tasks_per_prompt + 1}. Instruction"])
         if asked is None:
             return
         out, parsed, tmpl, variables = asked
-        self.replies += 1
         shown_ids = {e["id"] for e in variables["examples"]}
         prov = {"templates": {"alpaca": self._tmpl_info(tmpl)},
                 "examples": {"seed": [s.id for s in examples if s.id in shown_ids], "machine": []}}
@@ -253,7 +261,7 @@ class Pipeline:
     # -- self-instruct --------------------------------------------------------------------------
 
     async def _self_instruct_unit(self) -> None:
-        cfg, p = self.cfg, self.params
+        cfg = self.cfg
         n_machine = min(cfg.machine_examples, len(self.machine))
         # 6 seeds + 2 machine instructions once the machine pool exists, all 8 from seeds before
         n_seed = min(cfg.seed_examples + cfg.machine_examples - n_machine, len(self.seeds))
@@ -263,17 +271,12 @@ class Pipeline:
         shown += [{"id": mid, "instruction": text} for mid, text in machine]
         self.rng.shuffle(shown)  # the paper mixes seed and machine examples in one list
         n = len(shown)
-        try:
-            asked = await self._ask(
-                "bootstrap", {"examples": shown, "num_instructions": cfg.instructions_per_prompt, "start": n + 1},
-                p["max_tokens"], stop=[f"\n{n + cfg.instructions_per_prompt + 1}.", "\n\n"], first=True,
-                examples=True, temperature=p["temperature"], top_p=p["top_p"], presence_penalty=p["presence_penalty"])
-        finally:
-            self.awaiting -= 1
+        asked = await self._unit_request(
+            "bootstrap", {"examples": shown, "num_instructions": cfg.instructions_per_prompt, "start": n + 1},
+            [f"\n{n + cfg.instructions_per_prompt + 1}.", "\n\n"])
         if asked is None:
             return
         out, parsed, tmpl, variables = asked
-        self.replies += 1
         shown_ids = {e["id"] for e in variables["examples"]}
         prov = {"templates": {"bootstrap": self._tmpl_info(tmpl)},
                 "examples": {"seed": [s.id for s in seeds if s.id in shown_ids],

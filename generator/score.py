@@ -38,8 +38,9 @@ class ScoreRunConfig:
     concurrency: int = 64
 
     def score_config(self) -> ScoreConfig:
-        return ScoreConfig(self.score, self.min_score, self.judge_url, self.judge_model, self.judge_template,
-                           self.reward_model)
+        import dataclasses
+
+        return ScoreConfig(**{f.name: getattr(self, f.name) for f in dataclasses.fields(ScoreConfig)})
 
 
 def row_view(row: dict, where: str) -> tuple[str, str, list[dict], list[dict]]:
