@@ -16,10 +16,12 @@ from __future__ import annotations
 import asyncio
 import os
 import random
+import sys
 import time
 from dataclasses import dataclass
 from urllib.parse import parse_qsl, urlsplit, urlunsplit
 
+import httpx
 import openai
 
 from generator.errors import UserError
@@ -76,8 +78,13 @@ class _Endpoint:
 @dataclass
 class ClientConfig:
     concurrency: int = 128
-    timeout: float = 600.0  # seconds per request
+    timeout: float = 600.0  # seconds per request (reading the reply)
+    connect_timeout: float = 10.0  # seconds to open a connection: a dead host fails fast
     max_retries: int = 6
+    # Run-wide circuit breaker: no request succeeded on any endpoint for this long while requests
+    # keep failing -> stop (the caller keeps every record). Per-request retries alone let a dead
+    # teacher hold a run of many concurrent requests for many minutes with a frozen bar.
+    give_up_after: float = 300.0
     backoff_base: float = 0.5
     backoff_max: float = 30.0
     rest_max: float = 30.0  # longest rest for a failing endpoint
@@ -143,12 +150,30 @@ class TeacherClient:
         self.cfg = cfg or ClientConfig()
         key = api_key if api_key is not None else api_key_from_env(None, urls)
         self.endpoints = [
-            _Endpoint(u, openai.AsyncOpenAI(**_base_and_query(u), api_key=key, max_retries=0, timeout=self.cfg.timeout))
+            _Endpoint(u, openai.AsyncOpenAI(**_base_and_query(u), api_key=key, max_retries=0,
+                                            timeout=httpx.Timeout(self.cfg.timeout, connect=self.cfg.connect_timeout)))
             for u in split_urls(urls)
         ]
         self.model = model
         self.usage = Usage()
         self._sem = asyncio.Semaphore(self.cfg.concurrency)
+        self._last_success = time.monotonic()
+        self._last_notice = 0.0
+
+    def _check_breaker(self, err: Exception) -> None:
+        """Called after every failed attempt: say so (at most every 15 s), and stop the run once no
+        request anywhere has succeeded for give_up_after seconds."""
+        now = time.monotonic()
+        silent = now - self._last_success
+        if silent > self.cfg.give_up_after:
+            raise TeacherError(f"no teacher answered for {silent:.0f} s ({type(err).__name__}: {str(err)[:200]}); "
+                               "stopped with every record kept -- start the teacher (see --teacher-url) "
+                               "and rerun the same command to resume")
+        if now - self._last_notice > 15:
+            self._last_notice = now
+            print(f"teacher unreachable or failing ({type(err).__name__}), retrying ({self.usage.retries + 1} "
+                  f"retries so far; giving up after {self.cfg.give_up_after:.0f} s without an answer)",
+                  file=sys.stderr, flush=True)
 
     async def resolve_model(self) -> str:
         """The model name: as given, or the first one the first reachable endpoint serves."""
@@ -197,10 +222,12 @@ class TeacherClient:
                     if not _retryable(err):
                         status = getattr(err, "status_code", None)
                         if status in BAD_REQUEST_STATUSES:
+                            self._last_success = time.monotonic()  # refused, but the teacher is alive
                             raise BadRequest(f"teacher {redact_url(ep.url)} refused one request ({status}): {err}",
                                              status, str(err)[:1000]) from None
                         raise TeacherError(f"teacher {redact_url(ep.url)} refused the request: {err}") from None
                     ep.fails += 1
+                    self._check_breaker(err)
                     ep.rest_until = time.monotonic() + min(self.cfg.rest_max, self.cfg.backoff_base * 2 ** ep.fails)
                     if attempt == self.cfg.max_retries:
                         break
@@ -215,6 +242,7 @@ class TeacherClient:
                 finally:
                     ep.in_flight -= 1
                 ep.fails = 0
+                self._last_success = time.monotonic()
                 self.usage.requests += 1
                 usage = resp.usage
                 pt, ct = (usage.prompt_tokens, usage.completion_tokens) if usage else (0, 0)

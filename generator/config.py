@@ -16,6 +16,7 @@ from typing import Any, TypeVar
 import yaml
 
 from generator.errors import UserError
+from generator.rows import read_text
 
 T = TypeVar("T")
 
@@ -59,7 +60,7 @@ def read_yaml(path: str | Path) -> dict:
     if not path.is_file():
         raise UserError(f"{path}: config file not found")
     try:
-        data = yaml.safe_load(path.read_text()) or {}
+        data = yaml.safe_load(read_text(path)) or {}
     except yaml.YAMLError as e:
         mark = getattr(e, "problem_mark", None)
         line = f" line {mark.line + 1}" if mark else ""

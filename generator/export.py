@@ -17,6 +17,7 @@ import statistics
 from pathlib import Path
 
 from generator.errors import UserError
+from generator.rows import read_text
 
 PREFERENCE_FORMATS = ("preference", "preference-messages")
 FORMATS = ("alpaca", "messages", "hf", "parquet", *PREFERENCE_FORMATS)
@@ -30,7 +31,7 @@ def load_run_records(run: str | Path) -> list[dict]:
     if not path.is_file():
         raise UserError(f"{run}: no data.jsonl here; pass a run directory made by sprout generate")
     records = []
-    lines = path.read_text(encoding="utf-8").splitlines()
+    lines = read_text(path).splitlines()
     for n, line in enumerate(lines, 1):
         if not line.strip():
             continue
@@ -40,6 +41,8 @@ def load_run_records(run: str | Path) -> list[dict]:
             if n == len(lines):  # a run still being written, or a crash: resume repairs it
                 continue
             raise UserError(f"{path} line {n}: not valid JSON") from None
+        if not isinstance(rec, dict):
+            raise UserError(f"{path} line {n}: expected a JSON object (a record)")
         for key in ("instruction", "output"):
             if not isinstance(rec.get(key), str):
                 raise UserError(f"{path} line {n}: missing field {key!r}")

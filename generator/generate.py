@@ -14,7 +14,7 @@ from generator.config import load_config
 from generator.errors import UserError
 from generator.gen_config import GenerateConfig
 from generator.resources import data_dir
-from generator.runs import RunDir
+from generator.runs import RunDir, file_sha256
 from generator.scoring import add_scoring_flags, make_scorer
 from generator.seeds import load_seeds
 from generator.templates import STAGES, load_templates
@@ -139,11 +139,20 @@ async def _generate(cfg: GenerateConfig, seeds, templates, run: RunDir, base_url
             await pipe.run_until_done()
         finally:
             progress.bar.close()
+            pipe.flush_usage()
             stats = pipe.stats()
             run.write_stats(stats)
             if scorer.own_client is not None:
                 await scorer.own_client.aclose()
         return stats
+
+
+def run_inputs(cfg: GenerateConfig, templates: dict) -> dict[str, str]:
+    """Every file a run reads, by content hash: resuming compares these, not path spellings."""
+    inputs = {f"template {k}": t.sha256 for k, t in templates.items()}
+    inputs["seeds"] = file_sha256(cfg.seeds or data_dir("seeds") / "seed_tasks.jsonl")
+    inputs.update({f"decontaminate file {i + 1}": file_sha256(p) for i, p in enumerate(cfg.decontaminate)})
+    return inputs
 
 
 def generate(cfg: GenerateConfig, force: bool = False) -> dict:
@@ -156,7 +165,7 @@ def generate(cfg: GenerateConfig, force: bool = False) -> dict:
         from generator.decontam import Decontaminator
 
         decontam = Decontaminator.from_files(cfg.decontaminate, cfg.novelty_threshold, tokenizer=cfg.tokenizer)
-    run = RunDir(cfg.out).open(cfg, {k: t.sha256 for k, t in templates.items()}, force=force)
+    run = RunDir(cfg.out).open(cfg, run_inputs(cfg, templates), force=force)
     for note in run.notes:
         print(f"note: {note}", file=sys.stderr)
     kept = sum(1 for r in run.records if r.get("instance_index", 0) == 0)

@@ -32,6 +32,7 @@ from rapidfuzz.distance import Indel, LCSseq
 from rouge_score import tokenize as rouge_tokenize
 
 from generator.errors import UserError
+from generator.rows import read_text
 
 Neighbours = list[tuple[str, float]]
 Ranked = list[tuple[int, float]]  # (pool position, F), best first, ties: earliest added first
@@ -403,10 +404,8 @@ def _problem(rec, key: str) -> str | None:
 
 def _read_jsonl(path: Path, key: str) -> list[dict]:
     try:
-        lines = path.read_text(encoding="utf-8").splitlines()
-    except FileNotFoundError:
-        raise UserError(f"{path}: file not found") from None
-    except (OSError, UnicodeDecodeError) as e:
+        lines = read_text(path).splitlines()
+    except OSError as e:
         raise UserError(f"{path}: cannot read ({e})") from None
     records = []
     for no, line in enumerate(lines, 1):

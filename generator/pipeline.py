@@ -89,6 +89,7 @@ class Pipeline:
         self._magpie_prompt = self.magpie_prompt() if cfg.mode == "magpie" else None
         self.started = time.monotonic()
         self.tokens_at_start = (client.usage.prompt_tokens, client.usage.completion_tokens)
+        self._usage_mark = self._usage_now()
 
     # -- the loop -------------------------------------------------------------------------------
 
@@ -107,7 +108,8 @@ class Pipeline:
     async def run_until_done(self) -> None:
         unit = {"alpaca": self._alpaca_unit, "self-instruct": self._self_instruct_unit,
                 "magpie": self._magpie_unit}[self.cfg.mode]
-        budget = self.cfg.request_budget()
+        # the budget counts across sessions: a run killed and resumed ten times gets no more requests
+        budget = self.cfg.request_budget() - int(self.run.previous_usage.get("requests", 0))
         pending: set[asyncio.Task] = set()
         try:
             while not self.done:
@@ -131,7 +133,9 @@ class Pipeline:
         from generator.errors import UserError
 
         top = ", ".join(f"{k}: {v}" for k, v in self.rejections.most_common(5)) or "none"
-        raise UserError(f"stopped after {self.requests} requests (--max-requests {budget}) with {self.kept} of "
+        spent = int(self.run.previous_usage.get("requests", 0)) + self.requests
+        raise UserError(f"stopped after {spent} requests (--max-requests {self.cfg.request_budget()}, counted "
+                        f"across every session of this run; raise it to go on) with {self.kept} of "
                         f"{self.cfg.num_instructions} instructions kept; top rejection reasons: {top}. "
                         f"See {self.run.rejected_path}; loosen the filters or use a stronger teacher.")
 
@@ -484,6 +488,7 @@ class Pipeline:
                     **{k: inst[k] for k in ("scores", "selected", "candidates", "response") if k in inst}}
                    for i, inst in enumerate(instances)]
         self.run.write_group(records)
+        self.flush_usage()
         self.kept += 1
         if self.progress:
             self.progress(self)
@@ -503,11 +508,24 @@ class Pipeline:
     def _tmpl_info(t: Template) -> dict:
         return {"name": t.name, "sha256": t.sha256}
 
+    def _usage_now(self) -> dict:
+        u = self.client.usage
+        return {"requests": self.requests, "retries": u.retries, "prompt_tokens": u.prompt_tokens,
+                "completion_tokens": u.completion_tokens, "elapsed_s": time.monotonic()}
+
+    def flush_usage(self) -> None:
+        """Append what was spent since the last line to usage.jsonl (see runs.py)."""
+        now = self._usage_now()
+        delta = {k: now[k] - self._usage_mark[k] for k in now}
+        delta["elapsed_s"] = round(delta["elapsed_s"], 2)
+        self._usage_mark = now
+        self.run.write_usage(delta)
+
     def stats(self) -> dict:
         elapsed = time.monotonic() - self.started
         u = self.client.usage
         completion = u.completion_tokens - self.tokens_at_start[1]
-        prev = self.run.previous_stats
+        prev = self.run.previous_usage
         attempts = self.admitted + self.rejections.get("not_novel", 0)
         return {
             "run_id": self.run.run_id, "mode": self.cfg.mode, "target": self.cfg.num_instructions,

@@ -4,6 +4,8 @@
     RUN/rejected.jsonl  rejected candidates with their reason
     RUN/config.yaml     run id and every setting used (no secrets: keys stay in the environment)
     RUN/stats.json      counts, rejection reasons, tokens, throughput
+    RUN/usage.jsonl     teacher requests and tokens, one line of deltas per record group written:
+                        the totals (and --max-requests, which counts across sessions) survive kill -9
     RUN/.sprout.lock    held (flock) by the process writing the run; the OS drops it when that dies
 
 All records of one instruction (one per instance) are written with a single write(), so a crash
@@ -96,7 +98,9 @@ def atomic_write(path: Path, text: str) -> None:
 # Settings that change how fast a run goes or where the teacher is, not what it produces:
 # they may differ when resuming.
 RESUMABLE_CHANGES = {"num_instructions", "concurrency", "teacher_url", "request_timeout", "api_key_env", "force",
-                     "out", "max_requests", "fsync"}
+                     "out", "max_requests", "fsync",
+                     # files: compared by content (the `inputs` hashes), not by how the path is spelled
+                     "seeds", "decontaminate", "templates", "template"}
 
 
 def _read_jsonl_tail_safe(path: Path) -> tuple[list[dict], list[int], int]:
@@ -111,6 +115,8 @@ def _read_jsonl_tail_safe(path: Path) -> tuple[list[dict], list[int], int]:
             break
         try:
             rec = json.loads(line)
+            if not isinstance(rec, dict):
+                raise ValueError
             if is_last:  # valid JSON but no newline: the write may have been cut right at the brace
                 raise ValueError
         except ValueError:
@@ -122,6 +128,39 @@ def _read_jsonl_tail_safe(path: Path) -> tuple[list[dict], list[int], int]:
         offset += len(line) + 1
         ends.append(offset)
     return records, ends, 0
+
+
+USAGE_KEYS = ("requests", "retries", "prompt_tokens", "completion_tokens", "elapsed_s")
+
+
+def _has_records(path: Path) -> bool:
+    if not path.exists():
+        return False
+    with open(path, "rb") as f:
+        return any(line.strip() for line in f)
+
+
+def file_sha256(path: str | Path) -> str:
+    import hashlib
+
+    return hashlib.sha256(Path(path).read_bytes()).hexdigest()
+
+
+def _read_config(path: Path) -> dict | None:
+    """config.yaml as a mapping, or None when it is damaged (empty, garbage, not ours)."""
+    try:
+        old = yaml.safe_load(path.read_text(encoding="utf-8"))
+    except (yaml.YAMLError, UnicodeDecodeError):
+        return None
+    return old if isinstance(old, dict) and isinstance(old.get("config"), dict) else None
+
+
+def _read_json_object(path: Path) -> dict:
+    try:
+        value = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, ValueError):  # missing or damaged: stats are rebuilt from the files
+        return {}
+    return value if isinstance(value, dict) else {}
 
 
 def drop_incomplete_group(records: list[dict]) -> int:
@@ -146,51 +185,64 @@ class RunDir:
         self.rejected_path = self.path / "rejected.jsonl"
         self.config_path = self.path / "config.yaml"
         self.stats_path = self.path / "stats.json"
+        self.usage_path = self.path / "usage.jsonl"
         self.records: list[dict] = []
         self.run_id = ""
-        self.previous_stats: dict = {}
+        self.previous_stats: dict = {}  # the last stats.json, if readable (for `already done`)
+        self.previous_usage: dict = {}  # usage.jsonl summed: what earlier sessions spent
         self.notes: list[str] = []  # what resuming repaired, for the user
         # from rejected.jsonl when resuming: counts by reason (the file is the source of truth,
         # so they survive kill -9) and instructions that passed novelty but made no record
         self.rejected_counts: dict[str, int] = {}
         self.pool_extra: list[tuple[str, str]] = []
 
-    def open(self, cfg, templates: dict[str, dict], force: bool = False) -> "RunDir":
-        """Create the run, or reopen it for resuming (config must match unless force). Holds the
-        run's lock until close(); a second writer gets a UserError."""
+    def open(self, cfg, inputs: dict[str, str], force: bool = False) -> "RunDir":
+        """Create the run, or reopen it for resuming. `inputs` names every file the run reads
+        (templates, seeds, ...) with its content hash: settings and contents must match unless
+        force, or unless the run holds no record yet. Holds the run's lock until close(); a second
+        writer gets a UserError."""
         self.fsync = getattr(cfg, "fsync", "group")
         if self.fsync not in FSYNC_POLICIES:
             raise UserError(f"--fsync {self.fsync!r}: choose one of {', '.join(FSYNC_POLICIES)}")
         self.lock = RunLock(self.path)
         try:
-            return self._open(cfg, templates, force)
+            return self._open(cfg, inputs, force)
         except BaseException:
             self.lock.release()
             raise
 
-    def _open(self, cfg, templates: dict[str, dict], force: bool) -> "RunDir":
+    def _open(self, cfg, inputs: dict[str, str], force: bool) -> "RunDir":
         new_cfg = dataclasses.asdict(cfg)
         if new_cfg.get("teacher_url"):  # may carry user:password@ or ?key=...: never stored
             new_cfg["teacher_url"] = redact_url(new_cfg["teacher_url"])
+        if self.data_path.exists() and not self.config_path.exists():
+            # never truncate or append to a file Sprout did not write
+            raise UserError(f"{self.data_path} exists but {self.path} is not a Sprout run (no config.yaml); "
+                            "choose a new --out (a folder) for the run")
         if self.config_path.exists():
-            old = yaml.safe_load(self.config_path.read_text()) or {}
+            old = _read_config(self.config_path)
+            if old is None and not force:
+                raise UserError(f"{self.config_path} is damaged (not a Sprout run config); pass --force to "
+                                "rewrite it with the current settings and resume, or choose a new --out")
+            old = old or {}
             self.run_id = old.get("run_id") or uuid.uuid4().hex[:12]
             changed = {k for k in set(new_cfg) | set(old.get("config", {})) if k not in RESUMABLE_CHANGES
                        and new_cfg.get(k) != old.get("config", {}).get(k)}
-            if old.get("templates") != templates:
-                changed.add("templates (their text changed)")
-            if changed and not force:
+            old_inputs = old.get("inputs") or {}
+            changed |= {f"{name} (its content changed)" for name in set(inputs) | set(old_inputs)
+                        if inputs.get(name) != old_inputs.get(name)}
+            if changed and not force and _has_records(self.data_path):
                 raise UserError(f"{self.path} holds a run with different settings ({', '.join(sorted(changed))}); "
                                 "pass --force to continue it with the new ones, or choose a new --out")
-            if self.stats_path.exists():
-                self.previous_stats = json.loads(self.stats_path.read_text())
+            self.previous_stats = _read_json_object(self.stats_path)
         else:
             self.run_id = uuid.uuid4().hex[:12]
         self._repair_and_load()
         atomic_write(self.config_path, yaml.safe_dump({"run_id": self.run_id, "config": new_cfg,
-                                                       "templates": templates}, sort_keys=False))
+                                                       "inputs": inputs}, sort_keys=False))
         self._data = open(self.data_path, "a", encoding="utf-8")
         self._rejected = open(self.rejected_path, "a", encoding="utf-8")
+        self._usage = open(self.usage_path, "a", encoding="utf-8")
         return self
 
     def _repair_and_load(self) -> None:
@@ -213,6 +265,18 @@ class RunDir:
             if row.get("in_pool") and isinstance(row.get("instruction"), str):
                 self.pool_extra.append((row.get("instruction_id", ""), row["instruction"]))
         self.rejected_counts = counts
+        if self.usage_path.exists():
+            usage, uends, utorn = _read_jsonl_tail_safe(self.usage_path)
+            if utorn:
+                with open(self.usage_path, "r+b") as f:
+                    f.truncate(uends[-1] if usage else 0)
+            for row in usage:
+                for k, v in row.items():
+                    if isinstance(v, (int, float)):
+                        self.previous_usage[k] = self.previous_usage.get(k, 0) + v
+        else:  # a run from before usage.jsonl: its last stats.json is the best record there is
+            self.previous_usage = {k: self.previous_stats[k] for k in USAGE_KEYS
+                                   if isinstance(self.previous_stats.get(k), (int, float))}
 
     def write_group(self, records: list[dict]) -> None:
         """All records of one instruction in one write, then flush (and fsync, by default):
@@ -221,6 +285,13 @@ class RunDir:
         self._data.flush()
         if self.fsync == "group":
             os.fsync(self._data.fileno())
+
+    def write_usage(self, delta: dict) -> None:
+        """One line of usage deltas (requests, tokens, seconds) since the last line; written with
+        each record group, so what a session spent is on disk whenever its records are."""
+        if any(delta.values()):
+            self._usage.write(json.dumps(delta) + "\n")
+            self._usage.flush()
 
     def write_rejected(self, rec: dict) -> None:
         # one whole line per write, flushed: the counts in stats.json are these rows
@@ -233,7 +304,7 @@ class RunDir:
 
     def close(self) -> None:
         try:
-            for f in (self._data, self._rejected):
+            for f in (self._data, self._rejected, self._usage):
                 if not f.closed:
                     f.flush()
                     os.fsync(f.fileno())

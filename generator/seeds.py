@@ -14,6 +14,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from generator.errors import UserError
+from generator.rows import read_text
 
 
 @dataclass
@@ -27,23 +28,26 @@ class SeedTask:
 
 def _rows_jsonl(path: Path) -> list[tuple[int, object]]:
     rows = []
-    with open(path, encoding="utf-8") as f:
-        for lineno, line in enumerate(f, 1):
-            if not line.strip():
-                continue
-            try:
-                rows.append((lineno, json.loads(line)))
-            except json.JSONDecodeError as e:
-                raise UserError(f"{path} line {lineno}: not valid JSON ({e.msg} at column {e.colno}); "
-                                "each line must be one JSON object") from None
+    for lineno, line in enumerate(read_text(path).splitlines(), 1):
+        if not line.strip():
+            continue
+        try:
+            rows.append((lineno, json.loads(line)))
+        except json.JSONDecodeError as e:
+            raise UserError(f"{path} line {lineno}: not valid JSON ({e.msg} at column {e.colno}); "
+                            "each line must be one JSON object") from None
+        except RecursionError:
+            raise UserError(f"{path} line {lineno}: JSON nested too deeply") from None
     return rows
 
 
 def _rows_json(path: Path) -> list[tuple[int, object]]:
     try:
-        data = json.loads(path.read_text(encoding="utf-8"))
+        data = json.loads(read_text(path))
     except json.JSONDecodeError as e:
         raise UserError(f"{path} line {e.lineno}: not valid JSON ({e.msg})") from None
+    except RecursionError:
+        raise UserError(f"{path}: JSON nested too deeply") from None
     if isinstance(data, dict):  # {"data": [...]} or {"tasks": [...]}
         lists = [v for v in data.values() if isinstance(v, list)]
         if len(lists) != 1:
@@ -56,8 +60,9 @@ def _rows_json(path: Path) -> list[tuple[int, object]]:
 
 def _rows_table(path: Path) -> list[tuple[int, object]]:
     if path.suffix == ".csv":
-        with open(path, newline="", encoding="utf-8") as f:
-            return [(i, dict(r)) for i, r in enumerate(csv.DictReader(f), 2)]  # line 1 is the header
+        import io
+
+        return [(i, dict(r)) for i, r in enumerate(csv.DictReader(io.StringIO(read_text(path), newline="")), 2)]
     import pyarrow.parquet as pq
 
     try:
@@ -75,7 +80,7 @@ def read_rows(path: str | Path) -> tuple[list[tuple[int, object]], str]:
     if path.suffix in (".csv", ".parquet"):
         rows, unit = _rows_table(path), ("line" if path.suffix == ".csv" else "row")
     else:
-        text_start = path.read_text(encoding="utf-8", errors="replace").lstrip()[:1]
+        text_start = path.read_text(encoding="utf-8-sig", errors="replace").lstrip()[:1]
         rows, unit = (_rows_json(path), "item") if text_start == "[" else (_rows_jsonl(path), "line")
     if not rows:
         raise UserError(f"{path}: no tasks in the file; add at least one")

@@ -157,6 +157,9 @@ class Template:
             source = env.loader.get_source(env, path.name)[0]
         except jinja2.TemplateNotFound as e:
             raise UserError(f"{path}: {e.message}") from None
+        except UnicodeDecodeError as e:
+            raise UserError(f"{path}: not UTF-8 text (byte {e.object[e.start]:#04x} at offset {e.start}); "
+                            "save the template as UTF-8") from None
         self.sha256 = hashlib.sha256(source.encode()).hexdigest()
         m = _META.match(source)
         try:

@@ -49,6 +49,36 @@ def test_permanent_failure_is_a_clear_error_after_the_budget():
     assert len(srv.requests) == FAST.max_retries + 1
 
 
+@pytest.mark.parametrize("teacher", ["dead", "hung"])
+def test_circuit_breaker_stops_a_run_whose_teacher_never_answers(teacher, capsys):
+    """Per-request retries alone let a dead teacher hold many concurrent requests for many
+    minutes (a field report: 783 s with a frozen bar); the run-wide breaker stops once nothing
+    anywhere has succeeded for give_up_after seconds, and says what is happening meanwhile."""
+    cfg = ClientConfig(timeout=0.3, max_retries=1000, backoff_base=0.02, backoff_max=0.1, rest_max=0.1,
+                       give_up_after=1.0)
+
+    async def many(url):
+        async with TeacherClient(url, model="fake-model", api_key="sk-test", cfg=cfg) as c:
+            await asyncio.gather(*(c.chat(MSG, max_tokens=4) for _ in range(16)))
+
+    t0 = time.monotonic()
+    if teacher == "dead":
+        with pytest.raises(TeacherError, match="no teacher answered for"):
+            run(many("http://127.0.0.1:9/v1"))
+    else:  # accepts connections, never answers: the read timeout ends each attempt
+        with FaultServer(default="slow:30") as srv:
+            with pytest.raises(TeacherError, match="no teacher answered for"):
+                run(many(srv.url))
+    assert time.monotonic() - t0 < 10
+    assert "teacher unreachable or failing" in capsys.readouterr().err
+
+
+def test_connect_timeout_is_separate_from_the_read_timeout():
+    c = TeacherClient("http://127.0.0.1:9/v1", model="m", api_key="k", cfg=ClientConfig(timeout=600, connect_timeout=7))
+    t = c.endpoints[0].client.timeout
+    assert (t.read, t.connect) == (600, 7)
+
+
 def test_bad_request_is_not_retried():
     with FaultServer(["400"]) as srv:
         with pytest.raises(TeacherError, match="refused"):

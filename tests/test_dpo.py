@@ -9,7 +9,7 @@ import math
 import pytest
 import torch
 
-from generator.cli import main
+from trainer.cli import main
 from generator.errors import UserError
 from trainer.config import TrainConfig
 from trainer.train import Hooks, train

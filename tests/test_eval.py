@@ -339,3 +339,60 @@ def test_judge_informative_thresholds(pairs, informative, reason):
     assert (reason is None) == (s["judge_uninformative_reason"] is None)
     if reason:
         assert reason in s["judge_uninformative_reason"]
+
+
+@pytest.mark.vllm
+def test_served_base_and_student_answers_match_hf_generation(embedded_model, tmp_path):
+    """Golden test for what an eval gets silently wrong: the answers labelled "base" and "student"
+    must be the base model's and the adapter's. vLLM 0.32 on CPU applied the adapter to base
+    requests batched with adapter requests (base == student on every prompt); the eval answers
+    one model at a time, and here both are checked against plain HF greedy generation."""
+    import asyncio
+
+    import torch
+    from peft import LoraConfig, get_peft_model
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    from generator.client import TeacherClient
+    from generator.server import ServeConfig, VLLMServer, free_port
+    from trainer.evaluate import answer_each_model, load_verifiable_set, verifiable_set_path
+
+    torch.manual_seed(0)
+    tok = AutoTokenizer.from_pretrained(embedded_model)
+    model = AutoModelForCausalLM.from_pretrained(embedded_model, dtype=torch.float32)
+    peft_model = get_peft_model(model, LoraConfig(r=8, lora_alpha=16, target_modules=["q_proj", "v_proj", "o_proj",
+                                                                                     "up_proj", "down_proj"],
+                                                  init_lora_weights=False))
+    with torch.no_grad():  # a visible but gentle change: random A and B, scaled down
+        for name, p in peft_model.named_parameters():
+            if "lora_B" in name:
+                p.mul_(0.3)
+    adapter = tmp_path / "adapter"
+    peft_model.save_pretrained(adapter)
+    vitems = load_verifiable_set(verifiable_set_path(None), 6)
+    items = vitems[:0]
+
+    def hf(m):
+        out = []
+        for it in vitems:
+            ids = tok.apply_chat_template(it["messages"], add_generation_prompt=True, return_tensors="pt",
+                                          return_dict=True)["input_ids"]
+            with torch.no_grad():
+                g = m.generate(ids, max_new_tokens=24, do_sample=False)
+            out.append(tok.decode(g[0, ids.shape[1]:], skip_special_tokens=True).strip())
+        return out
+
+    hf_student = hf(peft_model)
+    with peft_model.disable_adapter():
+        hf_base = hf(peft_model)
+    assert sum(b != s for b, s in zip(hf_base, hf_student)) >= 4  # the adapter changes most answers
+
+    async def ask(url, base_name):
+        async with TeacherClient(url, model=base_name) as client:
+            return await answer_each_model(client, items, vitems, [base_name, "student"], 24)
+
+    with VLLMServer(ServeConfig(port=free_port(), lora=[f"student={adapter}"])) as srv:
+        _, served = asyncio.run(ask(srv.base_url, srv.model_name))
+    for name, ref in ((srv.model_name, hf_base), ("student", hf_student)):
+        same = sum(a[:40] == r[:40] for a, r in zip(served[name], ref))
+        assert same >= len(ref) - 1, (name, served[name], ref)

@@ -5,7 +5,7 @@ from __future__ import annotations
 import json
 
 
-from generator.cli import main
+from trainer.cli import main
 
 
 def _run(tmp_path, name, instructions):

@@ -117,7 +117,7 @@ def test_generate_handles_sigterm_and_sighup_like_ctrl_c(tmp_path):
         out = tmp_path / sig.name
         with FaultServer(default="slow:60") as srv:
             proc = subprocess.Popen(
-                [sys.executable, "-m", "generator.cli", "generate", "--teacher-url", srv.url, "--teacher-model",
+                [sys.executable, "-m", "trainer.cli", "generate", "--teacher-url", srv.url, "--teacher-model",
                  "fake-model", "--out", str(out), "--num-instructions", "3", "--structured", "text"],
                 stderr=subprocess.PIPE, text=True, env=ENV, cwd=tmp_path)
             deadline = time.monotonic() + 60
@@ -227,7 +227,7 @@ def test_second_writer_of_a_run_dir_fails_at_once(tmp_path, capsys):
     RunDir(cfg.out).open(cfg, {}).close()  # free again after close
 
     # through the CLI: one line, exit 2
-    from generator.cli import main
+    from trainer.cli import main
     from generator.runs import RunLock
 
     with RunLock(cfg.out):

@@ -243,14 +243,19 @@ def test_resume_drops_torn_line_and_incomplete_group(tmp_path):
 
 
 def test_resume_with_changed_settings_needs_force(tmp_path):
-    RunDir(tmp_path).open(_Cfg(str(tmp_path)), {}).close()
-    RunDir(tmp_path).open(_Cfg(str(tmp_path), num_instructions=50), {}).close()  # target may grow
+    run = RunDir(tmp_path).open(_Cfg(str(tmp_path)), {"seeds": "aa"})
+    run.write_group(_group("a", 1))
+    run.close()
+    RunDir(tmp_path).open(_Cfg(str(tmp_path), num_instructions=50), {"seeds": "aa"}).close()  # target may grow
     with pytest.raises(UserError, match=r"different settings \(mode\).*--force"):
-        RunDir(tmp_path).open(_Cfg(str(tmp_path), mode="self-instruct"), {})
-    RunDir(tmp_path).open(_Cfg(str(tmp_path), mode="self-instruct"), {}, force=True).close()
+        RunDir(tmp_path).open(_Cfg(str(tmp_path), mode="self-instruct"), {"seeds": "aa"})
+    with pytest.raises(UserError, match=r"different settings \(seeds \(its content changed\)\)"):
+        RunDir(tmp_path).open(_Cfg(str(tmp_path)), {"seeds": "bb"})
+    RunDir(tmp_path).open(_Cfg(str(tmp_path), mode="self-instruct"), {"seeds": "aa"}, force=True).close()
 
 
 def test_corrupt_line_in_the_middle_is_an_error(tmp_path):
+    RunDir(tmp_path).open(_Cfg(str(tmp_path)), {}).close()
     (tmp_path / "data.jsonl").write_text('{"id": 1}\nnot json\n{"id": 2}\n')
     with pytest.raises(UserError, match="data.jsonl line 2: corrupt"):
         RunDir(tmp_path).open(_Cfg(str(tmp_path)), {})

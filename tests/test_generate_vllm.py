@@ -7,7 +7,7 @@ import itertools
 
 import pytest
 
-from generator.cli import main
+from trainer.cli import main
 from generator.filters import FilterConfig, InstructionFilter
 from generator.novelty import rouge_l
 from generator.seeds import load_seeds

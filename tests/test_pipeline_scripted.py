@@ -108,6 +108,10 @@ def _check_bookkeeping(run: Path) -> dict:
     records = _rows(run / "data.jsonl")
     assert stats["records"] == len(records)
     assert stats["kept_instructions"] == len({r["instruction_id"] for r in records})
+    # what every session spent is in usage.jsonl, group by group: the totals survive kill -9
+    usage = _rows(run / "usage.jsonl")
+    for key in ("requests", "completion_tokens", "prompt_tokens"):
+        assert sum(u.get(key, 0) for u in usage) == stats[key], key
     return stats
 
 
@@ -233,6 +237,8 @@ def test_completion_api_with_json_schema(tmp_path, templates):
 
 
 def test_resume_restores_pool_counts_and_budget_consistency(tmp_path, templates):
+    from generator.client import Usage
+    from generator.generate import run_inputs
     from generator.pipeline import Pipeline
     from generator.runs import RunDir
     from generator.seeds import load_seeds
@@ -243,11 +249,11 @@ def test_resume_restores_pool_counts_and_budget_consistency(tmp_path, templates)
         generate(_cfg(tmp_path, srv.url, templates, num_instructions=3, mode="self-instruct"))
         first = _rows(tmp_path / "run" / "rejected.jsonl")
         cfg = _cfg(tmp_path, srv.url, templates, num_instructions=7, mode="self-instruct")
-        run = RunDir(cfg.out).open(cfg, {k: t.sha256 for k, t in load_templates(templates).items()})
+        run = RunDir(cfg.out).open(cfg, run_inputs(cfg, load_templates(templates)))
         seeds = load_seeds(SEEDS, need_instances=False)
 
         class _C:  # the pool is built before any request: a client is not needed
-            usage = type("U", (), {"prompt_tokens": 0, "completion_tokens": 0})()
+            usage = Usage()
 
         pipe = Pipeline(cfg, seeds, load_templates(templates), _C(), run, False)
         in_pool = [r for r in first if r.get("in_pool")]
@@ -258,6 +264,133 @@ def test_resume_restores_pool_counts_and_budget_consistency(tmp_path, templates)
     records = _rows(tmp_path / "run" / "data.jsonl")
     assert len({r["base_instruction"] for r in records if r["instance_index"] == 0}) == 7
     _check_bookkeeping(tmp_path / "run")
+
+
+def test_request_budget_counts_across_sessions(tmp_path, templates):
+    """--max-requests used to reset every session: a run killed and resumed ten times got ten
+    budgets. Now what earlier sessions spent (usage.jsonl) counts against it."""
+    with FaultServer(script=Script()) as srv:
+        first = generate(_cfg(tmp_path, srv.url, templates, num_instructions=3))
+        served = len(srv.bodies)
+        assert first["requests"] == served
+        with pytest.raises(UserError, match=r"across every session.*raise it to go on"):
+            generate(_cfg(tmp_path, srv.url, templates, num_instructions=60, max_requests=served + 4))
+        # the new session launched at most 4 units; their follow-up requests (responses) finish
+        launched = [b for b in srv.bodies[served:] if b["messages"][-1]["content"].startswith("STAGE=alpaca")]
+        assert 1 <= len(launched) <= 4
+        stats = _check_bookkeeping(tmp_path / "run")
+        assert stats["requests"] == len(srv.bodies)
+        # the budget is spent: a third session starts nothing
+        before = len(srv.bodies)
+        with pytest.raises(UserError, match="across every session"):
+            generate(_cfg(tmp_path, srv.url, templates, num_instructions=60, max_requests=served + 4))
+        assert len(srv.bodies) == before
+
+
+def test_usage_survives_kill_9(tmp_path, templates):
+    """A run killed with SIGKILL mid-flight: usage.jsonl holds what was spent up to its last
+    record group, so the resumed run's totals and budget start from there, not from zero."""
+    import os
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    repo = Path(__file__).resolve().parents[1]
+    out = tmp_path / "run"
+    with FaultServer(script=Script()) as srv:
+        proc = subprocess.Popen(
+            [sys.executable, "-m", "trainer.cli", "generate", "--teacher-url", srv.url, "--teacher-model",
+             "fake-model", "--out", str(out), "--num-instructions", "5000", "--seeds", SEEDS, "--templates",
+             templates, "--structured", "text", "--constraints", "0", "--responses", "2", "--concurrency", "4"],
+            stderr=subprocess.DEVNULL, env={**os.environ, "PYTHONPATH": str(repo)}, cwd=tmp_path)
+        deadline = time.monotonic() + 60
+        while time.monotonic() < deadline and len(_rows(out / "data.jsonl")) < 20:
+            time.sleep(0.2)
+        proc.send_signal(signal.SIGKILL)
+        proc.wait()
+        served = len(srv.bodies)
+    spent = sum(u["requests"] for u in _rows(out / "usage.jsonl"))
+    groups = len({r["instruction_id"] for r in _rows(out / "data.jsonl")})
+    assert groups >= 20 and spent >= groups  # each kept group cost at least its own response request
+    assert served - 4 * 5 <= spent <= served + 4 * 5  # at most the units in flight (4, each up to 5 requests) differ
+
+
+def test_damaged_run_files_and_a_foreign_data_file(tmp_path, templates):
+    """Garbage stats.json is rebuilt from the files; a damaged config.yaml is a one-line error
+    (--force rewrites it); a folder holding someone's own data.jsonl is never touched."""
+    foreign = tmp_path / "mine"
+    foreign.mkdir()
+    mine = '{"instruction": "a", "output": "b"}\n{"instruction": "c", "out'  # their last line is cut
+    (foreign / "data.jsonl").write_text(mine)
+    with FaultServer(script=Script()) as srv:
+        with pytest.raises(UserError, match="not a Sprout run"):
+            generate(_cfg(tmp_path, srv.url, templates, out=str(foreign)))
+        assert (foreign / "data.jsonl").read_text() == mine and not (foreign / "config.yaml").exists()
+
+        generate(_cfg(tmp_path, srv.url, templates, num_instructions=2))
+        run = tmp_path / "run"
+        (run / "stats.json").write_text("\x00garbage{")
+        stats = generate(_cfg(tmp_path, srv.url, templates, num_instructions=4))
+        assert stats["kept_instructions"] == 4
+        _check_bookkeeping(run)
+        for damage in ("", "- just\n- a list\n", ": : :\n\t["):
+            (run / "config.yaml").write_text(damage)
+            with pytest.raises(UserError, match="config.yaml is damaged"):
+                generate(_cfg(tmp_path, srv.url, templates, num_instructions=5))
+        stats = generate(_cfg(tmp_path, srv.url, templates, num_instructions=5), force=True)
+    assert stats["kept_instructions"] == 5
+    _check_bookkeeping(run)
+
+
+def test_disk_full_is_one_line_and_resumable(tmp_path, templates, monkeypatch, capsys):
+    import errno
+
+    from trainer.cli import main
+    from generator.runs import RunDir
+
+    real, calls = RunDir.write_group, []
+
+    def write_group(self, records):
+        calls.append(1)
+        if len(calls) > 2:
+            raise OSError(errno.ENOSPC, "No space left on device", str(self.data_path))
+        real(self, records)
+
+    monkeypatch.setattr(RunDir, "write_group", write_group)
+    with FaultServer(script=Script()) as srv:
+        argv = ["generate", "--teacher-url", srv.url, "--teacher-model", "fake-model", "--out", str(tmp_path / "run"),
+                "--seeds", SEEDS, "--templates", templates, "--structured", "text", "--num-instructions", "6"]
+        assert main(argv) == 1
+        err = capsys.readouterr().err.strip().splitlines()[-1]
+        assert "disk full while writing" in err and "data.jsonl" in err and "resume" in err
+        assert len(_rows(tmp_path / "run" / "data.jsonl")) == 2
+        monkeypatch.setattr(RunDir, "write_group", real)
+        assert main(argv) == 0
+    _check_bookkeeping(tmp_path / "run")
+
+
+def test_resume_compares_file_contents_not_path_spelling(tmp_path, templates, monkeypatch):
+    """An edited seed file at the same path is refused (its records came from the old one); the
+    same file by a relative path is accepted; any change is allowed while the run holds no record."""
+    seeds = tmp_path / "seeds.jsonl"
+    seeds.write_text(Path(SEEDS).read_text())
+    monkeypatch.chdir(tmp_path)
+    with FaultServer(script=Script()) as srv:
+        generate(_cfg(tmp_path, srv.url, templates, seeds=str(seeds), num_instructions=2))
+        assert generate(_cfg(tmp_path, srv.url, templates, seeds="seeds.jsonl", num_instructions=3))["kept_instructions"] == 3
+        seeds.write_text(seeds.read_text() + json.dumps({"instruction": "Name a colour.", "input": "",
+                                                         "output": "Red."}) + "\n")
+        with pytest.raises(UserError, match=r"seeds \(its content changed\)"):
+            generate(_cfg(tmp_path, srv.url, templates, seeds="seeds.jsonl", num_instructions=4))
+        # a run with no record yet takes any change
+        (tmp_path / "empty").mkdir()
+        for name in ("config.yaml",):
+            (tmp_path / "empty" / name).write_text((tmp_path / "run" / name).read_text())
+        (tmp_path / "empty" / "data.jsonl").write_text("")
+        stats = generate(_cfg(tmp_path, srv.url, templates, seeds="seeds.jsonl", num_instructions=2,
+                              out=str(tmp_path / "empty"), responses=2))
+    assert stats["kept_instructions"] == 2
 
 
 # -- sprout score: the same scorers over a dataset that already exists ----------------------------
@@ -291,7 +424,7 @@ def test_score_filters_any_dataset_and_rescoring_a_run_reselects(tmp_path, templ
 
 
 def test_score_cli_errors_are_one_line(tmp_path):
-    from generator.cli import main
+    from trainer.cli import main
 
     bad = tmp_path / "bad.jsonl"
     bad.write_text('{"prompt": "x"}\n')

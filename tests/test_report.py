@@ -13,7 +13,7 @@ import subprocess
 
 import pytest
 
-from generator.cli import main
+from trainer.cli import main
 from generator.errors import UserError
 from generator.novelty import rouge_l
 from trainer.report import nearest_neighbours

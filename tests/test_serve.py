@@ -15,7 +15,7 @@ from pathlib import Path
 import pytest
 
 from generator import server as server_mod
-from generator.cli import main
+from trainer.cli import main
 from generator.client import ClientConfig, TeacherClient
 from generator.server import ServeConfig, VLLMServer, free_port
 
@@ -102,7 +102,7 @@ def test_sprout_serve_lora_and_sigterm_leaves_no_process(embedded_model, tmp_pat
     adapter = _tiny_adapter(embedded_model, tmp_path / "adapter")
     port = free_port()
     env = {**os.environ, "PYTHONUNBUFFERED": "1"}
-    proc = subprocess.Popen([sys.executable, "-m", "generator.cli", "serve", "--port", str(port),
+    proc = subprocess.Popen([sys.executable, "-m", "trainer.cli", "serve", "--port", str(port),
                              "--lora", f"student={adapter}"], stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
                             text=True, env=env)
     try:

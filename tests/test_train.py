@@ -15,7 +15,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from generator.cli import main
+from trainer.cli import main
 from generator.errors import UserError
 from trainer.config import TrainConfig
 from trainer.train import Hooks, TrainingDiverged, train

@@ -1,10 +1,10 @@
 """Distributed runs with torch.distributed directly, driven by the environment that `torchrun` and
 `accelerate launch` set (WORLD_SIZE, RANK, LOCAL_RANK, MASTER_ADDR, MASTER_PORT).
 
-    torchrun --nproc-per-node 4 -m generator.cli train --data runs/gen1 --out runs/train1
-    accelerate launch -m generator.cli train --data runs/gen1 --out runs/train1
+    torchrun --nproc-per-node 4 -m trainer.cli train --data runs/gen1 --out runs/train1
+    accelerate launch -m trainer.cli train --data runs/gen1 --out runs/train1
     torchrun --nnodes 2 --node-rank 0 --master-addr HOST --master-port 29500 --nproc-per-node 8 \\
-        -m generator.cli train ...
+        -m trainer.cli train ...
 
 WORLD_SIZE > 1 starts a process group: NCCL on CUDA (one GPU per process, cuda:LOCAL_RANK), gloo
 on CPU. Without those variables everything here is a no-op and the run is a plain single process.

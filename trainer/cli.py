@@ -1,10 +1,12 @@
-"""`sprout`: one command line for the whole job. Each subcommand fills its stage's config dataclass
+"""`sprout`: one command line for the whole job. It lives in trainer/ because it names both packages:
+generator/ never imports trainer/ (tests/test_layering.py), trainer/ builds on generator/. Each subcommand fills its stage's config dataclass
 from `--config FILE.yaml` and then the flags given (flags win), and imports its stage lazily so
 `sprout --help` stays fast."""
 
 from __future__ import annotations
 
 import argparse
+import errno
 import signal
 import sys
 import textwrap
@@ -142,6 +144,22 @@ def handle_termination() -> dict:
     return {sig: signal.signal(sig, _raise_terminated) for sig in (signal.SIGTERM, signal.SIGHUP)}
 
 
+_FULL = {errno.ENOSPC, errno.EDQUOT}
+_PATH_MISTAKES = {errno.EACCES, errno.EPERM, errno.EROFS, errno.ENOTDIR, errno.EISDIR, errno.ENOENT, errno.EEXIST,
+                  errno.ENAMETOOLONG}
+
+
+def _os_error_line(e: OSError) -> str | None:
+    """One line for the file-system errors a user can act on; None for anything else (a bug)."""
+    where = e.filename or "a file"
+    if e.errno in _FULL:
+        return (f"disk full while writing {where}; every record written before is kept -- free space "
+                "and rerun the same command to resume")
+    if e.errno in _PATH_MISTAKES and e.filename:
+        return f"{where}: {e.strerror}; check the path (--out, --data, --seeds ...) and its permissions"
+    return None
+
+
 def main(argv: list[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else argv
     # Build only the subcommand asked for: the others may import heavy libraries.
@@ -159,6 +177,12 @@ def main(argv: list[str] | None = None) -> int:
     except UserError as e:
         print(f"sprout {args.command}: error: {e}", file=sys.stderr)
         return e.exit_code
+    except OSError as e:
+        line = _os_error_line(e)
+        if line is None:
+            raise
+        print(f"sprout {args.command}: error: {line}", file=sys.stderr)
+        return 1 if e.errno in _FULL else 2
     except KeyboardInterrupt as e:
         signum = getattr(e, "signum", signal.SIGINT)
         print(f"interrupted ({signal.Signals(signum).name})", file=sys.stderr)
