@@ -244,6 +244,8 @@ def add_compare_args(p) -> None:
 
 
 def run_compare(args) -> int:
+    if not 0.0 <= args.threshold <= 1.0:  # also rejects NaN
+        raise UserError(f"--threshold must be between 0 and 1 (a ROUGE-L F-measure), got {args.threshold}")
     result = compare(args.run_a, args.run_b, args.threshold)
     if args.json:
         print(json.dumps(result, indent=2))

@@ -155,6 +155,12 @@ def _os_error_line(e: OSError) -> str | None:
     if e.errno in _FULL:
         return (f"disk full while writing {where}; every record written before is kept -- free space "
                 "and rerun the same command to resume")
+    if e.errno in (errno.EEXIST, errno.ENOTDIR) and e.filename:
+        from pathlib import Path
+
+        blocker = next((p for p in [Path(where), *Path(where).parents] if p.is_file()), None)
+        if blocker is not None:
+            return f"{blocker} is a file, where a folder is needed for {where}; choose another path"
     if e.errno in _PATH_MISTAKES and e.filename:
         return f"{where}: {e.strerror}; check the path (--out, --data, --seeds ...) and its permissions"
     return None
