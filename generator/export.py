@@ -17,7 +17,7 @@ import statistics
 from pathlib import Path
 
 from generator.errors import UserError
-from generator.rows import read_text
+from generator.rows import read_rows
 
 PREFERENCE_FORMATS = ("preference", "preference-messages")
 FORMATS = ("alpaca", "messages", "hf", "parquet", *PREFERENCE_FORMATS)
@@ -31,21 +31,13 @@ def load_run_records(run: str | Path) -> list[dict]:
     if not path.is_file():
         raise UserError(f"{run}: no data.jsonl here; pass a run directory made by sprout generate")
     records = []
-    lines = read_text(path).splitlines()
-    for n, line in enumerate(lines, 1):
-        if not line.strip():
-            continue
-        try:
-            rec = json.loads(line)
-        except json.JSONDecodeError:
-            if n == len(lines):  # a run still being written, or a crash: resume repairs it
-                continue
-            raise UserError(f"{path} line {n}: not valid JSON") from None
+    # a run still being written, or cut by a crash, may end in a torn line: resume repairs it
+    for where, rec in read_rows(path, skip_torn_tail=True):
         if not isinstance(rec, dict):
-            raise UserError(f"{path} line {n}: expected a JSON object (a record)")
+            raise UserError(f"{where}: expected a JSON object (a record)")
         for key in ("instruction", "output"):
             if not isinstance(rec.get(key), str):
-                raise UserError(f"{path} line {n}: missing field {key!r}")
+                raise UserError(f"{where}: missing field {key!r}")
         records.append(rec)
     return records
 

@@ -68,20 +68,15 @@ def row_view(row: dict, where: str) -> tuple[str, str, list[dict], list[dict]]:
 
 
 def _input_rows(path: str) -> list[tuple[str, dict]]:
-    from generator.seeds import read_rows
+    from generator.rows import read_rows
 
-    p = Path(path)
-    if p.is_dir():
-        if not (p / "data.jsonl").is_file():
-            raise UserError(f"{path}: a folder without data.jsonl; pass a Sprout run or a dataset file")
-        p = p / "data.jsonl"
-    rows, unit = read_rows(p)
-    out = []
-    for n, row in rows:
+    rows = read_rows(path)
+    if not rows:
+        raise UserError(f"{path}: no rows to score")
+    for where, row in rows:
         if not isinstance(row, dict):
-            raise UserError(f"{p} {unit} {n}: expected a JSON object")
-        out.append((f"{p} {unit} {n}", row))
-    return out
+            raise UserError(f"{where}: expected a JSON object")
+    return rows
 
 
 async def _score_all(cfg: ScoreRunConfig, rows: list[tuple[str, dict]]) -> list[tuple[dict, str | None]]:

@@ -1,20 +1,19 @@
 """Reading and validating seed tasks before any request is sent.
 
 Accepted: Self-Instruct JSONL (id, name, instruction, instances [{input, output}],
-is_classification), Alpaca rows (instruction, input, output) as a JSON list or JSONL, and CSV or
-parquet files with those columns. Every problem is a UserError naming the file, line (or row) and
-field. The same reader loads eval sets (`sprout eval`) and decontamination lists.
+is_classification) and Alpaca rows (instruction, input, output), in any format generator/rows.py
+reads (JSONL, JSON, CSV, parquet, an HF datasets folder, a Sprout run). Every problem is a
+UserError naming the file, line (or row) and field. The same parser loads eval sets (`sprout
+eval`) and decontamination lists.
 """
 
 from __future__ import annotations
 
-import csv
-import json
 from dataclasses import dataclass, field
 from pathlib import Path
 
 from generator.errors import UserError
-from generator.rows import read_text
+from generator.rows import read_rows
 
 
 @dataclass
@@ -24,67 +23,6 @@ class SeedTask:
     instances: list[dict] = field(default_factory=list)  # [{"input": str, "output": str}]
     is_classification: bool = False
     name: str = ""
-
-
-def _rows_jsonl(path: Path) -> list[tuple[int, object]]:
-    rows = []
-    for lineno, line in enumerate(read_text(path).splitlines(), 1):
-        if not line.strip():
-            continue
-        try:
-            rows.append((lineno, json.loads(line)))
-        except json.JSONDecodeError as e:
-            raise UserError(f"{path} line {lineno}: not valid JSON ({e.msg} at column {e.colno}); "
-                            "each line must be one JSON object") from None
-        except RecursionError:
-            raise UserError(f"{path} line {lineno}: JSON nested too deeply") from None
-    return rows
-
-
-def _rows_json(path: Path) -> list[tuple[int, object]]:
-    try:
-        data = json.loads(read_text(path))
-    except json.JSONDecodeError as e:
-        raise UserError(f"{path} line {e.lineno}: not valid JSON ({e.msg})") from None
-    except RecursionError:
-        raise UserError(f"{path}: JSON nested too deeply") from None
-    if isinstance(data, dict):  # {"data": [...]} or {"tasks": [...]}
-        lists = [v for v in data.values() if isinstance(v, list)]
-        if len(lists) != 1:
-            raise UserError(f"{path}: expected a JSON list of tasks (or JSONL, one task a line)")
-        data = lists[0]
-    if not isinstance(data, list):
-        raise UserError(f"{path}: expected a JSON list of tasks (or JSONL, one task a line)")
-    return [(i, row) for i, row in enumerate(data, 1)]
-
-
-def _rows_table(path: Path) -> list[tuple[int, object]]:
-    if path.suffix == ".csv":
-        import io
-
-        return [(i, dict(r)) for i, r in enumerate(csv.DictReader(io.StringIO(read_text(path), newline="")), 2)]
-    import pyarrow.parquet as pq
-
-    try:
-        table = pq.read_table(path)
-    except Exception as e:  # pyarrow raises several types for a broken file
-        raise UserError(f"{path}: cannot read as parquet ({e})") from None
-    return [(i, r) for i, r in enumerate(table.to_pylist(), 1)]
-
-
-def read_rows(path: str | Path) -> tuple[list[tuple[int, object]], str]:
-    """(line or row number, raw row) pairs and the word for the number ("line" or "row")."""
-    path = Path(path)
-    if not path.is_file():
-        raise UserError(f"{path}: file not found")
-    if path.suffix in (".csv", ".parquet"):
-        rows, unit = _rows_table(path), ("line" if path.suffix == ".csv" else "row")
-    else:
-        text_start = path.read_text(encoding="utf-8-sig", errors="replace").lstrip()[:1]
-        rows, unit = (_rows_json(path), "item") if text_start == "[" else (_rows_jsonl(path), "line")
-    if not rows:
-        raise UserError(f"{path}: no tasks in the file; add at least one")
-    return rows, unit
 
 
 def _text(row: dict, key: str, where: str, required: bool) -> str:
@@ -136,10 +74,11 @@ def parse_task(row: object, where: str, default_id: str) -> SeedTask:
 
 def load_seeds(path: str | Path, need_instances: bool = False) -> list[SeedTask]:
     """All tasks of a seed file, validated; ids made unique by position where missing."""
-    rows, unit = read_rows(path)
+    rows = read_rows(path)
+    if not rows:
+        raise UserError(f"{path}: no tasks in the file; add at least one")
     tasks, seen = [], set()
-    for n, row in rows:
-        where = f"{path} {unit} {n}"
+    for n, (where, row) in enumerate(rows, 1):
         task = parse_task(row, where, default_id=f"{Path(path).stem}_{n}")
         if need_instances and not task.instances:
             raise UserError(f"{where}: no 'instances' (or 'output') to show as an example")

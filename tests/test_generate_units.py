@@ -276,3 +276,20 @@ def test_decontaminator_13gram_and_rouge():
     assert d.check("Explain in simple terms why the sky looks blue on clear days and red at sunset for kids") == \
         "contaminated_rouge"
     assert d.check("List three fruits that grow on trees.") is None
+
+
+def test_seeds_read_by_the_one_reader_take_every_format(tmp_path):
+    """--seeds takes what --data takes (generator/rows.py): an HF datasets folder, parquet, a
+    JSON list, JSON lines saved as .json -- the same rows, the same tasks."""
+    import datasets
+
+    from generator.seeds import load_seeds
+
+    rows = [{"instruction": "Say hi.", "input": "", "output": "hi"},
+            {"instruction": "Name a fruit.", "input": "", "output": "A pear."}]
+    datasets.Dataset.from_list(rows).save_to_disk(str(tmp_path / "hf"))
+    datasets.Dataset.from_list(rows).to_parquet(str(tmp_path / "s.parquet"))
+    (tmp_path / "list.json").write_text(json.dumps(rows))
+    (tmp_path / "lines.json").write_text("".join(json.dumps(r) + "\n" for r in rows))
+    for name in ("hf", "s.parquet", "list.json", "lines.json"):
+        assert [t.instruction for t in load_seeds(tmp_path / name)] == ["Say hi.", "Name a fruit."], name

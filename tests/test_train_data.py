@@ -132,10 +132,10 @@ def test_bad_rows_in_other_formats_name_the_row(tmp_path):
     with pytest.raises(UserError, match=r"d\.json row 2: field 'output': expected a string, got int"):
         load_examples(tmp_path / "d.json")
     (tmp_path / "broken.json").write_text('[{"instruction": "x",\n "output": }]')
-    with pytest.raises(UserError, match=r"broken\.json: not valid JSON .* line 2"):
+    with pytest.raises(UserError, match=r"broken\.json line 2: not valid JSON"):
         load_examples(tmp_path / "broken.json")
     (tmp_path / "obj.json").write_text('"just a string"')
-    with pytest.raises(UserError, match="expected a JSON list of records"):
+    with pytest.raises(UserError, match="expected a JSON list of rows"):
         load_examples(tmp_path / "obj.json")
 
 
@@ -150,8 +150,12 @@ def test_bad_paths(tmp_path):
     with pytest.raises(UserError, match="no such file or folder"):
         load_examples(tmp_path / "missing.jsonl")
     (tmp_path / "d.csv").write_text("a,b\n")
-    with pytest.raises(UserError, match="unsupported file type .csv"):
+    with pytest.raises(UserError, match=r"d.csv: no examples \(empty dataset\)"):
         load_examples(tmp_path / "d.csv")
+    # the one reader (generator/rows.py): CSV, with Excel's byte-order mark, is training data too
+    (tmp_path / "e.csv").write_bytes("\ufeffinstruction,input,output\nSay hi,,hi there\n".encode())
+    (ex,) = load_examples(tmp_path / "e.csv")
+    assert ex.alpaca == ("Say hi", "", "hi there") and ex.where.endswith("e.csv line 2")
     (tmp_path / "empty_dir").mkdir()
     with pytest.raises(UserError, match="no data.jsonl"):
         load_examples(tmp_path / "empty_dir")

@@ -1,12 +1,9 @@
 """Reading an instruction dataset from disk into `Example`s, rejecting bad rows with a UserError
 that names the file, the row (the line, for JSONL) and the field.
 
-Accepted inputs (the dataset on disk is the contract with the generator):
-  * a Sprout run directory or export folder: a folder holding `data.jsonl`;
-  * a Hugging Face `datasets` folder written by `save_to_disk` (a DatasetDict uses its `train`);
-  * a folder holding exactly one .jsonl / .json / .parquet file;
-  * a .jsonl, .json (a list of records) or .parquet file.
-Each record is either Alpaca-style (`instruction`, optional `input`, `output`) or chat-style
+Accepted inputs (the dataset on disk is the contract with the generator): whatever
+generator/rows.py reads -- JSONL, JSON, CSV, parquet, an HF `datasets` save_to_disk folder, a
+Sprout run or export folder, a folder holding one data file. Each record is either Alpaca-style (`instruction`, optional `input`, `output`) or chat-style
 (`messages`: a list of {role, content}; ShareGPT's {from, value} with human/gpt is mapped too).
 `Fields` renames the columns for datasets that call them something else.
 
@@ -18,18 +15,15 @@ without `prompt`, chosen and rejected must be whole conversations (TRL's implici
 
 from __future__ import annotations
 
-import json
 import random
-from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
 from generator.errors import UserError
-from generator.rows import read_text
+from generator.rows import read_rows
 
 ROLES = ("system", "user", "assistant", "tool")
 SHAREGPT_ROLES = {"human": "user", "gpt": "assistant", "system": "system", "user": "user", "assistant": "assistant"}
-DATA_SUFFIXES = (".jsonl", ".json", ".parquet")
 
 
 @dataclass(frozen=True)
@@ -52,100 +46,6 @@ class Example:
 
 def _type_name(value) -> str:
     return "null" if value is None else type(value).__name__
-
-
-def _rows(path: Path) -> Iterator[tuple[str, object]]:
-    """(location, raw record) pairs from any accepted input."""
-    if not path.exists():
-        raise UserError(f"{path}: no such file or folder")
-    if path.is_dir():
-        if _is_hf_folder(path) and not (path / "data.jsonl").is_file():
-            yield from _hf_rows(path)
-        else:
-            yield from _rows(_data_file_in(path))
-        return
-    suffix = path.suffix.lower()
-    if suffix == ".jsonl":
-        yield from _jsonl_rows(path)
-    elif suffix == ".json":
-        yield from _json_rows(path)
-    elif suffix == ".parquet":
-        yield from _parquet_rows(path)
-    else:
-        raise UserError(f"{path}: unsupported file type {suffix or '(none)'}; use .jsonl, .json, .parquet "
-                        "or a folder (Sprout run, HF datasets save_to_disk)")
-
-
-def _is_hf_folder(path: Path) -> bool:
-    return any((path / name).is_file() for name in ("dataset_dict.json", "state.json", "dataset_info.json"))
-
-
-def _data_file_in(folder: Path) -> Path:
-    if (folder / "data.jsonl").is_file():  # a Sprout run directory or export
-        return folder / "data.jsonl"
-    files = sorted(p for p in folder.iterdir() if p.is_file() and p.suffix.lower() in DATA_SUFFIXES)
-    if len(files) == 1:
-        return files[0]
-    if not files:
-        raise UserError(f"{folder}: no data.jsonl, no HF datasets folder and no .jsonl/.json/.parquet file inside")
-    raise UserError(f"{folder}: several data files ({', '.join(p.name for p in files)}); pass one of them as --data")
-
-
-def _jsonl_rows(path: Path) -> Iterator[tuple[str, object]]:
-    for n, line in enumerate(read_text(path).splitlines(), 1):
-        if not line.strip():
-            continue
-        try:
-            yield f"{path} line {n}", json.loads(line)
-        except json.JSONDecodeError as e:
-            raise UserError(f"{path} line {n}: not valid JSON ({e.msg} at column {e.colno})") from None
-        except RecursionError:
-            raise UserError(f"{path} line {n}: JSON nested too deeply") from None
-
-
-def _json_rows(path: Path) -> Iterator[tuple[str, object]]:
-    text = read_text(path)
-    try:
-        data = json.loads(text)
-    except json.JSONDecodeError as e:
-        if e.msg == "Extra data":  # JSON lines saved with a .json name (datasets' to_json does this)
-            yield from _jsonl_rows(path)
-            return
-        raise UserError(f"{path}: not valid JSON ({e.msg} at line {e.lineno} column {e.colno})") from None
-    if isinstance(data, dict):  # {"train": [...]} or {"data": [...]}: one list-valued key
-        lists = [v for v in data.values() if isinstance(v, list)]
-        data = lists[0] if len(lists) == 1 else data
-    if not isinstance(data, list):
-        raise UserError(f"{path}: expected a JSON list of records, got a {_type_name(data)}")
-    for n, record in enumerate(data, 1):
-        yield f"{path} row {n}", record
-
-
-def _parquet_rows(path: Path) -> Iterator[tuple[str, object]]:
-    import pyarrow.parquet as pq
-
-    try:
-        table = pq.read_table(path)
-    except Exception as e:  # pyarrow raises several types for a damaged file
-        raise UserError(f"{path}: not a readable parquet file ({e})") from None
-    for n, record in enumerate(table.to_pylist(), 1):
-        yield f"{path} row {n}", record
-
-
-def _hf_rows(folder: Path) -> Iterator[tuple[str, object]]:
-    import datasets
-
-    try:
-        ds = datasets.load_from_disk(str(folder))
-    except Exception as e:  # datasets raises FileNotFoundError / ValueError / ... for a bad folder
-        raise UserError(f"{folder}: not a readable HF datasets folder ({e})") from None
-    if isinstance(ds, datasets.DatasetDict):
-        split = "train" if "train" in ds else next(iter(ds), None)
-        if split is None:
-            raise UserError(f"{folder}: the DatasetDict has no splits")
-        ds, folder = ds[split], folder / split
-    for n, record in enumerate(ds, 1):
-        yield f"{folder} row {n}", record
 
 
 def _text(record: dict, key: str, where: str, required: bool) -> str:
@@ -213,7 +113,7 @@ def to_example(record, where: str, fields: Fields) -> Example:
 def load_examples(path: str | Path, fields: Fields = Fields()) -> list[Example]:
     """Every record of `path` as an Example; the first bad record raises a UserError."""
     path = Path(path).expanduser()
-    examples = [to_example(record, where, fields) for where, record in _rows(path)]
+    examples = [to_example(record, where, fields) for where, record in read_rows(path)]
     if not examples:
         raise UserError(f"{path}: no examples (empty dataset)")
     return examples
@@ -278,7 +178,7 @@ def to_pair(record, where: str) -> PreferencePair:
 def load_pairs(path: str | Path) -> list[PreferencePair]:
     """Every record of `path` as a PreferencePair; the first bad record raises a UserError."""
     path = Path(path).expanduser()
-    pairs = [to_pair(record, where) for where, record in _rows(path)]
+    pairs = [to_pair(record, where) for where, record in read_rows(path)]
     if not pairs:
         raise UserError(f"{path}: no preference pairs (empty dataset)")
     return pairs

@@ -25,7 +25,8 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 
 from generator.errors import UserError
-from generator.seeds import parse_task, read_rows
+from generator.rows import read_rows
+from generator.seeds import parse_task
 
 VERIFIABLE_KEYS = ("prompt_strict", "constraint_strict", "prompt_loose", "constraint_loose")
 VERIFIABLE_LABELS = {"prompt_strict": "prompt-level, strict", "constraint_strict": "constraint-level, strict",
@@ -54,10 +55,8 @@ class EvalConfig:
 
 def load_eval_set(path: str | Path, limit: int | None = None) -> list[dict]:
     """Items {instruction, input, reference, prompt messages} from any seed format or messages rows."""
-    rows, unit = read_rows(path)
     items = []
-    for n, row in rows:
-        where = f"{path} {unit} {n}"
+    for n, (where, row) in enumerate(read_rows(path), 1):
         if isinstance(row, dict) and isinstance(row.get("messages"), list):
             msgs = row["messages"]
             if not msgs or not all(isinstance(m, dict) and {"role", "content"} <= set(m) for m in msgs):
@@ -77,6 +76,8 @@ def load_eval_set(path: str | Path, limit: int | None = None) -> list[dict]:
         else:
             raise UserError(f"{where}: unknown eval set format; rows need 'instruction' (Alpaca / Self-Instruct) "
                             "or 'messages' (chat)")
+    if not items:
+        raise UserError(f"{path}: no items in the eval set")
     return items[:limit] if limit else items
 
 
@@ -98,10 +99,8 @@ def load_verifiable_set(path: str | Path, limit: int | None = None) -> list[dict
     """Rows {id, instruction, base_instruction, constraints: [{type, params, text}]} as eval items."""
     from generator import verifiers
 
-    rows, unit = read_rows(path)
     items = []
-    for n, row in rows:
-        where = f"{path} {unit} {n}"
+    for n, (where, row) in enumerate(read_rows(path), 1):
         if not isinstance(row, dict):
             raise UserError(f"{where}: expected an object with 'instruction' and 'constraints'")
         instruction = row.get("instruction")
@@ -123,6 +122,8 @@ def load_verifiable_set(path: str | Path, limit: int | None = None) -> list[dict
         items.append({"id": str(row.get("id", n)), "instruction": instruction,
                       "base_instruction": row.get("base_instruction") or "", "constraints": constraints,
                       "messages": [{"role": "user", "content": instruction}]})
+    if not items:
+        raise UserError(f"{path}: no prompts in the verifiable set")
     return items[:limit] if limit else items
 
 
