@@ -17,6 +17,7 @@ import statistics
 from pathlib import Path
 
 from generator.errors import UserError
+from generator import record
 from generator.rows import read_rows
 
 PREFERENCE_FORMATS = ("preference", "preference-messages")
@@ -47,14 +48,9 @@ def to_alpaca(rec: dict) -> dict:
             "output": rec["output"]}
 
 
-def user_turn(rec: dict) -> str:
-    return rec["instruction"] + (f"\n\n{rec['input']}" if rec.get("input") else "")
-
-
 def to_messages(rec: dict) -> dict:
-    user = user_turn(rec)
-    return {"id": rec.get("id", ""), "messages": [{"role": "user", "content": user},
-                                                   {"role": "assistant", "content": rec["output"]}]}
+    return {"id": rec.get("id", ""), "messages": record.to_messages(rec["instruction"], rec.get("input", ""),
+                                                                    rec["output"])}
 
 
 # -- preference pairs -------------------------------------------------------------------------------
@@ -96,7 +92,7 @@ def preference_pairs(records: list[dict], margin: float = 0.1, rejected: str = "
             skipped[why] = skipped.get(why, 0) + 1
             continue
         chosen, worse = rec["candidates"][rec["selected"]], rec["candidates"][r]
-        prompt, c_text, r_text = user_turn(rec), chosen["text"], worse["text"]
+        prompt, c_text, r_text = record.user_turn(rec["instruction"], rec.get("input", "")), chosen["text"], worse["text"]
         if conversational:
             row = {"prompt": [{"role": "user", "content": prompt}],
                    "chosen": [{"role": "assistant", "content": c_text}],

@@ -38,6 +38,7 @@ from generator.filters import FilterConfig, InstructionFilter, clean_instances
 from generator.gen_config import MODE_DEFAULTS, GenerateConfig
 from generator.novelty import NoveltyPool
 from generator.parsing import PARSERS, Parsed, response_format
+from generator.record import Record, user_turn
 from generator.runs import RunDir, now_iso
 from generator.scoring import Scorer, constraint_count, new_candidate
 from generator.seeds import SeedTask
@@ -426,7 +427,7 @@ class Pipeline:
         if out is None:  # counted as bad_request by _request
             return [], None, "no_response", sampling
         cands = [new_candidate(t, f) for t, f in zip(out.texts, out.finish_reasons)]
-        user_text = instruction + (f"\n\n{inp}" if inp else "")
+        user_text = user_turn(instruction, inp)
         best, reason = await self.scorer(user_text, instruction, inp, cands, constraints)
         self.candidates += len(cands)
         self.passing += sum(1 for c in cands if not c["reasons"])
@@ -483,7 +484,7 @@ class Pipeline:
             "finish_reason": out.finish_reasons[0], "prompt_tokens": out.prompt_tokens,
             "completion_tokens": out.completion_tokens, "created_at": now_iso(), "run_id": self.run.run_id,
         }
-        records = [{"id": f"{iid}-{i}", "instruction": instruction, "input": inst["input"],
+        records: list[Record] = [{"id": f"{iid}-{i}", "instruction": instruction, "input": inst["input"],
                     "output": inst["output"], "instance_index": i, **common,
                     **{k: inst[k] for k in ("scores", "selected", "candidates", "response") if k in inst}}
                    for i, inst in enumerate(instances)]

@@ -22,6 +22,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 from generator.errors import UserError
+from generator.record import user_turn
 from generator.scoring import ScoreConfig, add_scoring_flags, make_scorer, new_candidate
 
 
@@ -93,7 +94,7 @@ async def _score_all(cfg: ScoreRunConfig, rows: list[tuple[str, dict]]) -> list[
     async def one(row, view):
         instruction, inp, cands, cons = view
         async with sem:
-            best, reason = await scorer(instruction + (f"\n\n{inp}" if inp else ""), instruction, inp, cands, cons)
+            best, reason = await scorer(user_turn(instruction, inp), instruction, inp, cands, cons)
         scored = {**row, "scores": cands[best]["scores"] if best is not None else {}}
         if "candidates" in row and best is not None:
             scored.update(candidates=cands, selected=best, output=cands[best]["text"])

@@ -20,6 +20,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from generator.errors import UserError
+from generator.record import to_messages
 from generator.rows import read_rows
 
 ROLES = ("system", "user", "assistant", "tool")
@@ -105,9 +106,7 @@ def to_example(record, where: str, fields: Fields) -> Example:
     instruction = _text(record, fields.instruction, where, required=True)
     extra = _text(record, fields.input, where, required=False)
     output = _text(record, fields.output, where, required=True)
-    user = f"{instruction}\n\n{extra}" if extra.strip() else instruction
-    messages = [{"role": "user", "content": user}, {"role": "assistant", "content": output}]
-    return Example(messages, where, alpaca=(instruction, extra, output))
+    return Example(to_messages(instruction, extra, output), where, alpaca=(instruction, extra, output))
 
 
 def load_examples(path: str | Path, fields: Fields = Fields()) -> list[Example]:

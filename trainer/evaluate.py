@@ -25,6 +25,7 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 
 from generator.errors import UserError
+from generator.record import user_turn
 from generator.rows import read_rows
 from generator.seeds import parse_task
 
@@ -70,7 +71,7 @@ def load_eval_set(path: str | Path, limit: int | None = None) -> list[dict]:
         elif isinstance(row, dict) and "instruction" in row:
             task = parse_task(row, where, default_id=str(n))
             inst = task.instances[0] if task.instances else {"input": "", "output": ""}
-            user = task.instruction + (f"\n\n{inst['input']}" if inst["input"] else "")
+            user = user_turn(task.instruction, inst["input"])
             items.append({"instruction": task.instruction, "input": inst["input"], "reference": inst["output"],
                           "messages": [{"role": "user", "content": user}]})
         else:
