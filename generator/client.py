@@ -14,6 +14,7 @@ URLs are redacted (generator.redact) wherever they are stored or printed.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import os
 import random
 import sys
@@ -75,9 +76,32 @@ class _Endpoint:
     rest_until: float = 0.0
 
 
+class _SequenceLimit:
+    """At most `capacity` sequences in flight: a request for n samples holds n. A 2-core vLLM
+    runs 64 streams well; 32 requests of n=6 are 192 streams, whose replies then take longer than
+    the read timeout and are retried from scratch (seen: a run that kept retrying timeouts)."""
+
+    def __init__(self, capacity: int):
+        self.capacity, self.used = capacity, 0
+        self._cond = asyncio.Condition()
+
+    @contextlib.asynccontextmanager
+    async def hold(self, n: int):
+        n = max(1, min(n, self.capacity))  # a request bigger than the limit runs alone
+        async with self._cond:
+            await self._cond.wait_for(lambda: self.used + n <= self.capacity)
+            self.used += n
+        try:
+            yield
+        finally:
+            async with self._cond:
+                self.used -= n
+                self._cond.notify_all()
+
+
 @dataclass
 class ClientConfig:
-    concurrency: int = 128
+    concurrency: int = 128  # sequences in flight (a request for n samples counts n)
     timeout: float = 600.0  # seconds per request (reading the reply)
     connect_timeout: float = 10.0  # seconds to open a connection: a dead host fails fast
     max_retries: int = 6
@@ -156,7 +180,7 @@ class TeacherClient:
         ]
         self.model = model
         self.usage = Usage()
-        self._sem = asyncio.Semaphore(self.cfg.concurrency)
+        self._limit = _SequenceLimit(self.cfg.concurrency)
         self._last_success = time.monotonic()
         self._last_notice = 0.0
 
@@ -202,7 +226,7 @@ class TeacherClient:
 
     async def _call(self, kind: str, payload: dict, model: str | None = None) -> Completion:
         model = model or await self.resolve_model()
-        async with self._sem:
+        async with self._limit.hold(int(payload.get("n") or 1)):
             last: Exception | None = None
             for attempt in range(self.cfg.max_retries + 1):
                 ep, wait = self._pick()

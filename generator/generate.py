@@ -37,7 +37,7 @@ def add_generate_args(p) -> None:
       "teacher is vLLM) or numbered text")
     a("--templates", help="folder of stage templates replacing ours (see docs/templates.md)")
     a("--template", action="append", metavar="STAGE=FILE", help=f"replace one stage's template; stages: {', '.join(STAGES)}")
-    a("--concurrency", type=int, help="requests in flight (default 64)")
+    a("--concurrency", type=int, help="sequences in flight; a request for n samples counts n (default 64)")
     a("--max-requests", type=int, help="give up after this many requests (default 20 x target + 200)")
     a("--request-timeout", type=float, help="seconds per request (default 600)")
     a("--fsync", choices=["group", "close"], help="group: fsync data.jsonl after each instruction group, "

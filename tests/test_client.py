@@ -115,6 +115,20 @@ def test_concurrency_is_bounded():
     assert elapsed >= 0.55  # 8 requests of 0.3 s, 4 at a time: two waves
 
 
+def test_concurrency_counts_sequences_not_requests():
+    """A request for n samples holds n of the limit: what loads a vLLM server is sequences."""
+    with FaultServer(default="slow:0.3") as srv:
+        async def many():
+            async with TeacherClient(srv.url, model="fake-model", cfg=ClientConfig(concurrency=4, timeout=5.0)) as c:
+                t = time.monotonic()
+                outs = await asyncio.gather(*[c.chat(MSG, max_tokens=1, n=2) for _ in range(4)],
+                                            c.chat(MSG, max_tokens=1, n=9))  # more than the limit: runs alone
+                return time.monotonic() - t, outs
+        elapsed, outs = run(many())
+    assert elapsed >= 0.85  # 2+2 | 2+2 | 9 alone: three waves of 0.3 s
+    assert [len(o.texts) for o in outs] == [2, 2, 2, 2, 9]
+
+
 def test_split_urls_normalises():
     assert split_urls("http://a:1, http://b:2/v1/") == ["http://a:1/v1", "http://b:2/v1"]
 

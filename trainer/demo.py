@@ -112,7 +112,7 @@ def demo(cfg: DemoConfig) -> dict:
     held_out = data_dir("seeds") / "verifiable_eval.jsonl"
     gen = GenerateConfig(out=str(out / "data"), seeds=cfg.seeds, mode=cfg.mode,
                          num_instructions=cfg.size("num_instructions"), teacher_url=cfg.teacher_url,
-                         model=cfg.teacher_model, teacher_model=None, concurrency=32,
+                         model=cfg.teacher_model, teacher_model=None, concurrency=64,
                          responses=cfg.size("responses"), constraints=CONSTRAINT_SHARE,
                          decontaminate=[str(held_out)] if held_out.is_file() else [])
     gen_stats = generate(gen)
