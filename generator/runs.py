@@ -228,9 +228,13 @@ class RunDir:
             self.run_id = old.get("run_id") or uuid.uuid4().hex[:12]
             changed = {k for k in set(new_cfg) | set(old.get("config", {})) if k not in RESUMABLE_CHANGES
                        and new_cfg.get(k) != old.get("config", {}).get(k)}
-            old_inputs = old.get("inputs") or {}
-            changed |= {f"{name} (its content changed)" for name in set(inputs) | set(old_inputs)
-                        if inputs.get(name) != old_inputs.get(name)}
+            if "inputs" in old:
+                old_inputs = old["inputs"] or {}
+                names = set(inputs) | set(old_inputs)
+            else:  # a run from before content hashes: its template hashes are all there is to compare
+                old_inputs = {f"template {k}": v for k, v in (old.get("templates") or {}).items()}
+                names = set(old_inputs)
+            changed |= {f"{name} (its content changed)" for name in names if inputs.get(name) != old_inputs.get(name)}
             if changed and not force and _has_records(self.data_path):
                 raise UserError(f"{self.path} holds a run with different settings ({', '.join(sorted(changed))}); "
                                 "pass --force to continue it with the new ones, or choose a new --out")

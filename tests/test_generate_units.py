@@ -293,3 +293,21 @@ def test_seeds_read_by_the_one_reader_take_every_format(tmp_path):
     (tmp_path / "lines.json").write_text("".join(json.dumps(r) + "\n" for r in rows))
     for name in ("hf", "s.parquet", "list.json", "lines.json"):
         assert [t.instruction for t in load_seeds(tmp_path / name)] == ["Say hi.", "Name a fruit."], name
+
+
+def test_a_run_from_before_content_hashes_resumes(tmp_path):
+    """config.yaml written before `inputs` existed held only template hashes: such a run resumes
+    when those match, and is refused when a template changed."""
+    import yaml
+
+    run = RunDir(tmp_path).open(_Cfg(str(tmp_path)), {"template respond": "t1", "seeds": "s"})
+    run.write_group(_group("a", 1))
+    run.close()
+    cfg = yaml.safe_load((tmp_path / "config.yaml").read_text())
+    del cfg["inputs"]
+    cfg["templates"] = {"respond": "t1"}
+    (tmp_path / "config.yaml").write_text(yaml.safe_dump(cfg))
+    with pytest.raises(UserError, match=r"template respond \(its content changed\)"):
+        RunDir(tmp_path).open(_Cfg(str(tmp_path)), {"template respond": "t2", "seeds": "s"})
+    RunDir(tmp_path).open(_Cfg(str(tmp_path)), {"template respond": "t1", "seeds": "s"}).close()
+    assert "inputs" in yaml.safe_load((tmp_path / "config.yaml").read_text())
