@@ -362,3 +362,18 @@ def parse_response(text: str, finish_reason: str = "stop", structured: bool = Fa
 
 PARSERS["response"] = parse_response
 FREE_FORM = frozenset({"response"})  # parsers whose reply is the answer itself: no schema, no goldens
+
+
+# Which parsers a stage can consume: the pipeline reads each stage's reply into a fixed shape (a
+# list of instructions, of tasks, a yes/no...). A template is refused at load time, before any
+# request, when its parser is unknown or does not fit its stage.
+STAGE_PARSERS = {
+    "alpaca": {"alpaca_tasks"},
+    "bootstrap": {"numbered_instructions"},
+    "classify": {"yes_no"},
+    "instances_input_first": {"instances", "labeled_instances"},
+    "instances_output_first": {"instances", "labeled_instances"},
+    "respond": {"response"},
+    "rate": {"rating"},
+    "judge": {"judge_verdict"},
+}

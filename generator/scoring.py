@@ -153,12 +153,12 @@ class Judge:
         from pathlib import Path
 
         from generator.resources import data_dir
-        from generator.templates import Template, make_env
+        from generator.templates import Template, check_parser, make_env
 
         path = Path(template) if template else data_dir("prompts") / "rate.jinja"
         if not path.is_file():
             raise UserError(f"--judge-template {path}: file not found")
-        self.tmpl = Template(path, make_env(path.parent))
+        self.tmpl = check_parser(Template(path, make_env(path.parent)), "rate")
         self.client, self.structured = client, structured
         self.requests = 0
 

@@ -205,7 +205,8 @@ class Template:
                 # frames carry template line numbers
                 self.tmpl.environment.handle_exception()
         except (jinja2.UndefinedError, jinja2.exceptions.SecurityError, jinja2.TemplateError, TypeError,
-                MemoryError, OverflowError, RecursionError) as e:
+                MemoryError, ArithmeticError, RecursionError, ValueError, LookupError, AttributeError) as e:
+            # an error raised while rendering is the template's (1/0, a bad index, int("x")...)
             raise UserError(f"{self.path} line {self._error_line(e)}: {type(e).__name__}: {e}") from None
         finally:
             env.deadline = float("inf")
@@ -244,5 +245,18 @@ def load_templates(templates_dir: str | Path | None = None, overrides: dict[str,
         else:
             path = next((f / f"{stage}.jinja" for f in folders if (f / f"{stage}.jinja").is_file()),
                         ours / f"{stage}.jinja")
-        templates[stage] = Template(path, make_env(path.parent))
+        templates[stage] = check_parser(Template(path, make_env(path.parent)), stage)
     return templates
+
+
+def check_parser(t: "Template", stage: str) -> "Template":
+    """Refuse, before any request, a parser that is unknown or that does not fit `stage`."""
+    from generator.parsing import PARSERS, STAGE_PARSERS
+
+    if t.parser not in PARSERS:
+        raise UserError(f"{t.path} line 1: unknown parser {t.parser!r}; known: {', '.join(sorted(PARSERS))}")
+    fits = STAGE_PARSERS.get(stage)
+    if fits is not None and t.parser not in fits:
+        raise UserError(f"{t.path} line 1: parser {t.parser!r} does not fit the {stage} stage "
+                        f"(it takes {', '.join(sorted(fits))}); see docs/templates.md")
+    return t

@@ -311,3 +311,25 @@ def test_a_run_from_before_content_hashes_resumes(tmp_path):
         RunDir(tmp_path).open(_Cfg(str(tmp_path)), {"template respond": "t2", "seeds": "s"})
     RunDir(tmp_path).open(_Cfg(str(tmp_path)), {"template respond": "t1", "seeds": "s"}).close()
     assert "inputs" in yaml.safe_load((tmp_path / "config.yaml").read_text())
+
+
+@pytest.mark.parametrize("stage, body, expect", [
+    ("respond", "{#- parser: nope -#}\n{% block user %}hi{% endblock %}\n", "unknown parser 'nope'"),
+    ("alpaca", "{#- parser: response -#}\n{% block user %}hi{% endblock %}\n", "does not fit the alpaca stage"),
+])
+def test_template_parser_is_checked_before_any_request(tmp_path, stage, body, expect):
+    from generator.templates import load_templates
+
+    (tmp_path / "t.jinja").write_text(body)
+    with pytest.raises(UserError, match=expect):
+        load_templates(None, {stage: str(tmp_path / "t.jinja")})
+
+
+@pytest.mark.parametrize("expr", ["1 / 0", "[1][5]", "{}['k']", "'abc'.index('z')"])
+def test_template_runtime_error_names_the_template_line(tmp_path, expr):
+    from generator.templates import load_templates
+
+    (tmp_path / "t.jinja").write_text("{#- parser: response -#}\n{% block user %}\n{{ " + expr + " }}{% endblock %}\n")
+    t = load_templates(None, {"respond": str(tmp_path / "t.jinja")})["respond"]
+    with pytest.raises(UserError, match=r"t\.jinja line \d"):
+        t.render(instruction="x", input="")

@@ -22,7 +22,7 @@ from generator.client import TeacherClient
 from generator.errors import UserError
 from generator.parsing import PARSERS, response_format
 from generator.resources import data_dir
-from generator.templates import Template, make_env
+from generator.templates import Template, check_parser, make_env
 from trainer.stats import bootstrap_ci
 
 # A judge giving one verdict this often, or the same letter in both orders on this share of the
@@ -36,7 +36,7 @@ def judge_template(path: str | None = None) -> Template:
     p = Path(path) if path else data_dir("prompts") / "judge.jinja"
     if not p.is_file():
         raise UserError(f"--judge-template {p}: file not found")
-    return Template(p, make_env(p.parent))
+    return check_parser(Template(p, make_env(p.parent)), "judge")
 
 
 async def _verdict(client: TeacherClient, tmpl: Template, item: dict, a: str, b: str, structured: bool,
