@@ -31,7 +31,10 @@ def main() -> None:
     ap.add_argument("--no-judge", dest="judge", action="store_false")
     args = ap.parse_args()
 
+    from trainer.cli import handle_termination
     from trainer.demo import DemoConfig, demo
+
+    handle_termination()  # SIGTERM / SIGHUP unwind like Ctrl-C: servers stopped, files closed
 
     h = demo(DemoConfig(out=args.out, teacher_url=args.teacher_url, num_instructions=args.num_instructions,
                         responses=args.responses, epochs=args.epochs, verifiable_limit=args.verifiable_limit,

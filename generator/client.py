@@ -225,57 +225,72 @@ class TeacherClient:
         return None, max(0.01, min(resting)) if resting else 0.05
 
     async def _call(self, kind: str, payload: dict, model: str | None = None) -> Completion:
+        """One request with retries: pick an endpoint, try, and on a retryable failure rest that
+        endpoint and wait (backoff with full jitter, or the server's Retry-After) before the next."""
         model = model or await self.resolve_model()
         async with self._limit.hold(int(payload.get("n") or 1)):
             last: Exception | None = None
             for attempt in range(self.cfg.max_retries + 1):
-                ep, wait = self._pick()
-                while ep is None:
-                    await asyncio.sleep(wait)
-                    ep, wait = self._pick()
-                ep.in_flight += 1
+                ep = await self._endpoint()
                 try:
-                    if kind == "chat":
-                        resp = await ep.client.chat.completions.create(model=model, **payload)
-                        texts = [c.message.content or "" for c in resp.choices]
-                    else:
-                        resp = await ep.client.completions.create(model=model, **payload)
-                        texts = [c.text for c in resp.choices]
+                    return await self._attempt(ep, kind, model, payload)
                 except openai.APIError as err:
                     last = err
-                    if not _retryable(err):
-                        status = getattr(err, "status_code", None)
-                        if status in BAD_REQUEST_STATUSES:
-                            self._last_success = time.monotonic()  # refused, but the teacher is alive
-                            raise BadRequest(f"teacher {redact_url(ep.url)} refused one request ({status}): {err}",
-                                             status, str(err)[:1000]) from None
-                        raise TeacherError(f"teacher {redact_url(ep.url)} refused the request: {err}") from None
-                    ep.fails += 1
-                    self._check_breaker(err)
-                    ep.rest_until = time.monotonic() + min(self.cfg.rest_max, self.cfg.backoff_base * 2 ** ep.fails)
-                    if attempt == self.cfg.max_retries:
+                    delay = self._failed(ep, err, final=attempt == self.cfg.max_retries, attempt=attempt)
+                    if delay is None:
                         break
-                    self.usage.retries += 1
-                    delay = random.uniform(0, min(self.cfg.backoff_max, self.cfg.backoff_base * 2 ** attempt))
-                    after = _retry_after(err)
-                    if after is not None:
-                        delay = max(delay, min(after, 60.0))
-                        ep.rest_until = max(ep.rest_until, time.monotonic() + min(after, 60.0))
                     await asyncio.sleep(delay)
-                    continue
-                finally:
-                    ep.in_flight -= 1
-                ep.fails = 0
-                self._last_success = time.monotonic()
-                self.usage.requests += 1
-                usage = resp.usage
-                pt, ct = (usage.prompt_tokens, usage.completion_tokens) if usage else (0, 0)
-                self.usage.prompt_tokens += pt
-                self.usage.completion_tokens += ct
-                return Completion(texts, [c.finish_reason or "" for c in resp.choices], pt, ct,
-                                  redact_url(ep.url), model)
             raise TeacherError(f"teacher request failed after {self.cfg.max_retries + 1} attempts "
                                f"({type(last).__name__}: {last}); is the server up? see --teacher-url")
+
+    async def _endpoint(self) -> _Endpoint:
+        ep, wait = self._pick()
+        while ep is None:
+            await asyncio.sleep(wait)
+            ep, wait = self._pick()
+        return ep
+
+    async def _attempt(self, ep: _Endpoint, kind: str, model: str, payload: dict) -> Completion:
+        ep.in_flight += 1
+        try:
+            if kind == "chat":
+                resp = await ep.client.chat.completions.create(model=model, **payload)
+                texts = [c.message.content or "" for c in resp.choices]
+            else:
+                resp = await ep.client.completions.create(model=model, **payload)
+                texts = [c.text for c in resp.choices]
+        finally:
+            ep.in_flight -= 1
+        ep.fails = 0
+        self._last_success = time.monotonic()
+        self.usage.requests += 1
+        pt, ct = (resp.usage.prompt_tokens, resp.usage.completion_tokens) if resp.usage else (0, 0)
+        self.usage.prompt_tokens += pt
+        self.usage.completion_tokens += ct
+        return Completion(texts, [c.finish_reason or "" for c in resp.choices], pt, ct, redact_url(ep.url), model)
+
+    def _failed(self, ep: _Endpoint, err: openai.APIError, final: bool, attempt: int) -> float | None:
+        """After a failed attempt: raise for what no retry can fix, else the seconds to wait
+        before the next attempt (None when the retry budget is spent)."""
+        if not _retryable(err):
+            status = getattr(err, "status_code", None)
+            if status in BAD_REQUEST_STATUSES:
+                self._last_success = time.monotonic()  # refused, but the teacher is alive
+                raise BadRequest(f"teacher {redact_url(ep.url)} refused one request ({status}): {err}",
+                                 status, str(err)[:1000]) from None
+            raise TeacherError(f"teacher {redact_url(ep.url)} refused the request: {err}") from None
+        ep.fails += 1
+        self._check_breaker(err)
+        ep.rest_until = time.monotonic() + min(self.cfg.rest_max, self.cfg.backoff_base * 2 ** ep.fails)
+        if final:
+            return None
+        self.usage.retries += 1
+        delay = random.uniform(0, min(self.cfg.backoff_max, self.cfg.backoff_base * 2 ** attempt))
+        after = _retry_after(err)
+        if after is not None:
+            delay = max(delay, min(after, 60.0))
+            ep.rest_until = max(ep.rest_until, time.monotonic() + min(after, 60.0))
+        return delay
 
     async def chat(self, messages: list[dict], model: str | None = None, **params) -> Completion:
         """Chat completion; params are OpenAI's (n, max_tokens, temperature, stop, response_format...).
