@@ -44,20 +44,35 @@ def add_generate_args(p) -> None:
       "power-loss safe (default); close: only when the run ends")
     a("--seed", type=int, help="random seed for example sampling")
     a("--tasks-per-prompt", type=int, help="alpaca: tasks asked for per request (default 8)")
+    a("--examples-per-prompt", type=int, help="alpaca: seed tasks shown per request (default 3)")
+    a("--seed-examples", type=int, help="self-instruct: seed instructions shown per request once machine ones "
+      "exist (default 6, the paper's)")
+    a("--machine-examples", type=int, help="self-instruct: machine instructions shown per request (default 2)")
+    a("--instructions-per-prompt", type=int, help="self-instruct / magpie: instructions asked for per request "
+      "(default 8)")
     a("--max-instances", type=int, help="self-instruct: instances per instruction (default 5)")
     a("--temperature", type=float)
     a("--top-p", type=float)
+    a("--presence-penalty", type=float, help="presence penalty of the main request (default: mode's)")
+    a("--instance-temperature", type=float, help="self-instruct: temperature of the instance request (default 0)")
+    a("--instance-top-p", type=float, help="self-instruct: top-p of the instance request (default 1)")
     a("--max-tokens", type=int, help="max tokens of the main request (default: mode's)")
     a("--instance-max-tokens", type=int, help="self-instruct: max tokens of the instance request")
     a("--novelty-threshold", type=float, help="drop instructions with ROUGE-L F above this against the pool (0.7)")
     a("--min-words", type=int)
     a("--max-words", type=int)
+    from generator.filters import DEFAULT_BLOCKLIST
+
+    a("--blocklist", action="append", metavar="WORD", help="drop instructions containing this word (repeatable; "
+      f"replaces the papers' list: {', '.join(DEFAULT_BLOCKLIST)})")
+    a("--stem", action="store_true", default=None, help="Porter-stem words before ROUGE-L (rouge-score's option)")
     a("--decontaminate", action="append", metavar="FILE", help="drop instructions overlapping these files "
       "(13-gram or ROUGE-L); repeatable")
     a("--responses", type=int, help="answer every kept instruction again in chat form, N samples, and keep the "
       "best that passes every check (default 4; 0 keeps the outputs the instruction stage wrote)")
     a("--response-temperature", type=float, help="sampling temperature of the responses (default 0.8)")
     a("--response-max-tokens", type=int, help="max tokens of one response (default 384)")
+    a("--response-top-p", type=float, help="top-p of the responses (default 0.95)")
     a("--constraints", type=float, help="share of instructions given verifiable constraints that a response "
       "must meet to be kept (default 0.3; see docs/verifiers.md)")
     a("--max-constraints", type=int, help="most constraints added to one instruction (default 2)")

@@ -37,3 +37,27 @@ def test_the_check_catches_each_way_of_naming_trainer():
         assert _names_trainer(ast.parse(src)), src
     for src in ("import generator.client", "x = 'the trainer reads it'", "from .trainer import y"):
         assert not _names_trainer(ast.parse(src)), src
+
+
+def test_every_setting_of_every_stage_has_a_flag():
+    """README: YAML and flags name the same settings. A config field without a flag can only be
+    set from YAML -- the drift this test stops."""
+    import dataclasses
+
+    from generator.gen_config import GenerateConfig
+    from generator.novelty import DedupConfig
+    from generator.score import ScoreRunConfig
+    from generator.server import ServeConfig
+    from trainer.cli import build_parser
+    from trainer.config import TrainConfig
+    from trainer.demo import DemoConfig
+    from trainer.evaluate import EvalConfig
+    from trainer.report import ReportConfig
+
+    missing = {}
+    for name, cls in [("generate", GenerateConfig), ("train", TrainConfig), ("eval", EvalConfig), ("demo", DemoConfig),
+                      ("score", ScoreRunConfig), ("dedup", DedupConfig), ("report", ReportConfig), ("serve", ServeConfig)]:
+        sub = build_parser([name])._subparsers._group_actions[0].choices[name]
+        dests = {a.dest for a in sub._actions}
+        missing[name] = [f.name for f in dataclasses.fields(cls) if f.name not in dests]
+    assert missing == {k: [] for k in missing}

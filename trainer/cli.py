@@ -41,10 +41,14 @@ HELP = {
 }
 
 
+NO_CONFIG = {"export", "compare"}  # a few flags each, no config dataclass: --config would be ignored
+
+
 def _sub(subs, name: str) -> argparse.ArgumentParser:
     p = subs.add_parser(name, help=HELP[name], description=HELP[name] + ".",
                         epilog="example:\n  " + EXAMPLES[name], formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--config", metavar="FILE.yaml", help="YAML file with the same settings as the flags (flags win)")
+    if name not in NO_CONFIG:
+        p.add_argument("--config", metavar="FILE.yaml", help="YAML file with the same settings as the flags (flags win)")
     return p
 
 
@@ -55,6 +59,7 @@ def _add_serve(subs) -> None:
     p.add_argument("--port", type=int, help="port (default 8000)")
     p.add_argument("--lora", action="append", metavar="NAME=DIR", help="serve a PEFT adapter as model NAME (repeatable)")
     p.add_argument("--max-model-len", type=int, help="context length (default: the model's own)")
+    p.add_argument("--served-model-name", help="the model name clients ask for (default: the model folder's name)")
     p.add_argument("--startup-timeout", type=float, help="seconds to wait for the server (default 900)")
     p.add_argument("extra_args", nargs=argparse.REMAINDER, help="after --: arguments passed to vLLM unchanged")
     p.set_defaults(func=cmd_serve)
@@ -113,7 +118,8 @@ def build_parser(commands: list[str] | None = None) -> argparse.ArgumentParser:
         prog="sprout",
         description=textwrap.dedent("""\
             Sprout: seed instructions -> teacher-generated dataset (vLLM) -> LoRA-tuned student.
-            Every subcommand takes --config FILE.yaml with the same settings as its flags."""),
+            Every stage (all but export and compare) takes --config FILE.yaml with the same
+            settings as its flags."""),
         epilog="commands:\n" + "\n".join(f"  {k:<9} {v}" for k, v in HELP.items()) +
                "\n\nstart here:  sprout demo --quick",
         formatter_class=argparse.RawDescriptionHelpFormatter,

@@ -534,6 +534,8 @@ def add_eval_args(p) -> None:
     a("--api-key-env")
     a("--limit", type=int, help="evaluate the first N items only")
     a("--max-tokens", type=int, help="max tokens per answer (default 256)")
+    a("--no-loss", dest="loss", action="store_false", default=None,
+      help="skip the reference loss (it loads the model in this process)")
     a("--concurrency", type=int)
     a("--train-data", help="training data to check for overlap with the eval set")
     p.set_defaults(func=run_eval)
