@@ -28,9 +28,9 @@ REPO = Path(__file__).resolve().parents[1]
 ENV = {**os.environ, "PYTHONPATH": str(REPO), "PYTHONUNBUFFERED": "1"}
 
 
-def _generate_cmd(url: str, out: Path, templates: str, target: int) -> list[str]:
+def _generate_cmd(url: str, out: Path, template_dir: str, target: int) -> list[str]:
     return [sys.executable, "-m", "trainer.cli", "generate", "--teacher-url", url, "--teacher-model", "fake-model",
-            "--out", str(out), "--num-instructions", str(target), "--seeds", SEEDS, "--templates", templates,
+            "--out", str(out), "--num-instructions", str(target), "--seeds", SEEDS, "--templates", template_dir,
             "--structured", "text", "--responses", "3", "--constraints", "0.5", "--concurrency", "6"]
 
 
