@@ -116,7 +116,7 @@ class DPOLoss(nn.Module):
     def __init__(self, lm: nn.Module, beta: float, kind: str = "sigmoid"):
         super().__init__()
         self.lm, self.beta, self.kind = lm, beta, kind
-        self.model = lm.model  # evaluate() switches train/eval mode through this
+        self.model = lm.model  # held_out_loss() switches train/eval mode through this
         self.totals = dict.fromkeys(self.STATS, 0.0)
 
     def forward(self, input_ids, attention_mask, labels, ref_chosen, ref_rejected):

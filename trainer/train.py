@@ -103,7 +103,7 @@ def accumulate(step_fn, micro_batches: list[dict], n_supervised: int, info=None)
     return float(total)
 
 
-def evaluate(loss_fn, encoded: list, batch_size: int, pad_id: int, info, collate=None) -> float:
+def held_out_loss(loss_fn, encoded: list, batch_size: int, pad_id: int, info, collate=None) -> float:
     """Mean loss per unit (token for SFT, pair for DPO) over `encoded` (batches sorted by length,
     shared out over ranks)."""
     import torch
@@ -325,7 +325,7 @@ def _train(cfg: TrainConfig, hooks: Hooks, out: Path, info) -> dict:
 
             done = step + 1
             if eval_enc and cfg.eval_every and done % cfg.eval_every == 0 and done < total:
-                eval_loss = evaluate(loss_fn, eval_enc, cfg.batch_size, pad_id, info, collate_fn)
+                eval_loss = held_out_loss(loss_fn, eval_enc, cfg.batch_size, pad_id, info, collate_fn)
                 extra = eval_extra(loss_fn)  # on every rank: it sums over ranks
                 if metrics:
                     metrics.log({"step": done, "eval_loss": eval_loss, **extra})
@@ -338,7 +338,7 @@ def _train(cfg: TrainConfig, hooks: Hooks, out: Path, info) -> dict:
 
         # --- outputs (rank 0) ---------------------------------------------------------------
         if eval_enc:
-            eval_loss = evaluate(loss_fn, eval_enc, cfg.batch_size, pad_id, info, collate_fn)
+            eval_loss = held_out_loss(loss_fn, eval_enc, cfg.batch_size, pad_id, info, collate_fn)
             extra = eval_extra(loss_fn)
             if metrics:
                 metrics.log({"step": total, "eval_loss": eval_loss, **extra})
