@@ -43,8 +43,6 @@ SCHEMAS = {
     "labeled_instances": _list_of("instances", _obj(class_label=_STR, input=_STR)),
     "judge_verdict": _obj(winner={"type": "string", "enum": ["A", "B", "tie"]}),
 }
-JSON_KEYS = {"alpaca_tasks": "tasks", "numbered_instructions": "instructions", "instances": "instances",
-             "labeled_instances": "instances"}
 
 
 def response_format(parser: str) -> dict:

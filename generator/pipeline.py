@@ -255,7 +255,7 @@ class Pipeline:
             if admitted is None:
                 continue
             iid, novel = admitted
-            kept, reasons, task_reason = clean_instances([task], self._filter_cfg())
+            kept, reasons, task_reason = clean_instances([task], self.instr_filter.cfg)
             self._reject_counts(reasons, task["instruction"])
             if task_reason:
                 self._drop(iid, task["instruction"], task_reason, {"instances": [task]})
@@ -356,7 +356,7 @@ class Pipeline:
             return self._drop(iid, instruction, "instances_failed")
         out, parsed, itmpl, _ = asked
         items = parsed.items[: self.cfg.max_instances]
-        kept, reasons, task_reason = clean_instances(items, self._filter_cfg())
+        kept, reasons, task_reason = clean_instances(items, self.instr_filter.cfg)
         self._reject_counts(reasons, instruction)
         if task_reason:
             return self._drop(iid, instruction, task_reason, {"instances": items})
@@ -437,9 +437,6 @@ class Pipeline:
         return cands, best, reason, {**sampling, "model": out.model}
 
     # -- shared ---------------------------------------------------------------------------------
-
-    def _filter_cfg(self) -> FilterConfig:
-        return self.instr_filter.cfg
 
     def _admit(self, instruction: str) -> tuple[str, list] | None:
         """Instruction filters, decontamination, then novelty: (new instruction id, the most

@@ -97,7 +97,7 @@ def atomic_write(path: Path, text: str) -> None:
 
 # Settings that change how fast a run goes or where the teacher is, not what it produces:
 # they may differ when resuming.
-RESUMABLE_CHANGES = {"num_instructions", "concurrency", "teacher_url", "request_timeout", "api_key_env", "force",
+RESUMABLE_CHANGES = {"num_instructions", "concurrency", "teacher_url", "request_timeout", "api_key_env",
                      "out", "max_requests", "fsync",
                      # files: compared by content (the `inputs` hashes), not by how the path is spelled
                      "seeds", "decontaminate", "templates", "template"}

@@ -57,10 +57,10 @@ class EncodedPair:
         return 2 * max(self.chosen.n_tokens, self.rejected.n_tokens)
 
 
-def encode_pairs(formatter: Formatter, pairs: list[PreferencePair], max_length: int, overlong: str,
-                 stats: EncodeStats | None = None) -> tuple[list[EncodedPair], EncodeStats]:
+def encode_pairs(formatter: Formatter, pairs: list[PreferencePair], max_length: int, overlong: str
+                 ) -> tuple[list[EncodedPair], EncodeStats]:
     """Both sides with the SFT encoding and length rule; a pair is dropped when either side is."""
-    stats = stats or EncodeStats()
+    stats = EncodeStats()
     kept = []
     for pair in pairs:
         stats.total += 1

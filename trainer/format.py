@@ -190,10 +190,10 @@ class EncodeStats:
     dropped: int = 0  # longer than max_length with --overlong drop, or no response left after truncation
 
 
-def encode_all(formatter: Formatter, examples: list[Example], max_length: int, overlong: str,
-               stats: EncodeStats | None = None) -> tuple[list[Encoded], EncodeStats]:
+def encode_all(formatter: Formatter, examples: list[Example], max_length: int, overlong: str
+               ) -> tuple[list[Encoded], EncodeStats]:
     """Encode and fit every example into `max_length` tokens (truncate keeps the start)."""
-    stats = stats or EncodeStats()
+    stats = EncodeStats()
     kept = []
     for ex in examples:
         stats.total += 1
