@@ -21,7 +21,7 @@ from generator import record
 from generator.rows import read_rows
 
 PREFERENCE_FORMATS = ("preference", "preference-messages")
-FORMATS = ("alpaca", "messages", "hf", "parquet", *PREFERENCE_FORMATS)
+FORMATS = ("alpaca", "messages", "hf", "parquet", "hub", *PREFERENCE_FORMATS)
 REJECTED = ("worst", "random")
 
 
@@ -137,6 +137,10 @@ def export(run: str, fmt: str, out: str) -> int:
         raise UserError(f"--format {fmt!r}: choose one of {', '.join(FORMATS)}")
     if fmt in PREFERENCE_FORMATS:
         return export_preference(run, fmt, out)[0]
+    if fmt == "hub":
+        from generator.hub import export_hub
+
+        return export_hub(run, out)["records"]
     records = load_run_records(run)
     if not records:
         raise UserError(f"{run}: the run has no records yet")
@@ -160,7 +164,13 @@ def export(run: str, fmt: str, out: str) -> int:
 def add_export_args(p) -> None:
     p.add_argument("run", help="run directory made by sprout generate")
     p.add_argument("--format", default="alpaca", choices=FORMATS)
-    p.add_argument("--out", required=True, help="output file (folder for --format hf)")
+    p.add_argument("--out", required=True, help="output file (a folder for --format hf and hub)")
+    h = p.add_argument_group("Hub layout (--format hub): data/*.parquet + a dataset card, what load_dataset(DIR) reads")
+    h.add_argument("--test-fraction", type=float, default=0.0, metavar="F",
+                   help="put this share of the instructions (all their records) in a test split (default 0: train only)")
+    h.add_argument("--license", help="licence id for the card's metadata (e.g. apache-2.0; check the teacher's terms)")
+    h.add_argument("--push-to-hub", metavar="ORG/NAME", help="upload the folder as a dataset repository (needs a token)")
+    h.add_argument("--private", action="store_true", help="with --push-to-hub: create the repository private")
     g = p.add_argument_group("preference pairs (--format preference / preference-messages)")
     g.add_argument("--pair-margin", type=float, default=0.1, metavar="M",
                    help="a passing candidate is rejected only when its combined score is at least M below the "
@@ -172,6 +182,18 @@ def add_export_args(p) -> None:
 
 
 def run_export(args) -> int:
+    if args.format != "hub" and (args.push_to_hub or args.test_fraction or args.license):
+        raise UserError("--test-fraction, --license and --push-to-hub go with --format hub")
+    if args.format == "hub":
+        from generator.hub import export_hub, push_to_hub
+
+        c = export_hub(args.run, args.out, args.test_fraction, args.license, args.pair_margin, args.rejected, args.seed)
+        print(f"wrote {c['records']} records to {args.out} (Hub layout: train {c['train']}"
+              + (f", test {c['test']}" if c["test"] else "") + f"; {c['pairs']} preference pairs; card README.md); "
+              f"load it with datasets.load_dataset({str(args.out)!r})")
+        if args.push_to_hub:
+            print(f"uploaded to {push_to_hub(args.out, args.push_to_hub, args.private)}")
+        return 0
     if args.format in PREFERENCE_FORMATS:
         n, skipped = export_preference(args.run, args.format, args.out, args.pair_margin, args.rejected, args.seed)
         print(f"wrote {n} preference pairs to {args.out} ({args.format}); "

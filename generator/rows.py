@@ -56,6 +56,8 @@ def read_rows(path: str | Path, skip_torn_tail: bool = False) -> list[tuple[str,
     if path.is_dir():
         if _is_hf_folder(path) and not (path / "data.jsonl").is_file():
             return _hf_rows(path)
+        if shards := _hub_train_files(path):
+            return [row for f in shards for row in read_rows(f, skip_torn_tail)]
         return read_rows(_data_file_in(path), skip_torn_tail)
     suffix = path.suffix.lower()
     if suffix == ".csv":
@@ -138,6 +140,40 @@ def _parquet_rows(path: Path) -> list[tuple[str, object]]:
 
 def _is_hf_folder(path: Path) -> bool:
     return any((path / name).is_file() for name in ("dataset_dict.json", "state.json", "dataset_info.json"))
+
+
+def _hub_train_files(folder: Path) -> list[Path]:
+    """The train split's files of a folder in the Hugging Face Hub layout (what `sprout export
+    --format hub` writes, and what load_dataset reads): the default config's train data_files in
+    README.md's YAML; else data/train-*; else train-* shards in the folder itself. [] if none."""
+    patterns = []
+    card = folder / "README.md"
+    if card.is_file():
+        import yaml
+
+        text = card.read_text(encoding="utf-8", errors="replace")
+        try:
+            meta = yaml.safe_load(text.split("---")[1]) if text.startswith("---") else None
+        except yaml.YAMLError:
+            meta = None
+        configs = meta.get("configs") if isinstance(meta, dict) else None
+        if isinstance(configs, list) and configs:
+            chosen = next((c for c in configs if isinstance(c, dict) and (c.get("default") or c.get("config_name") == "default")),
+                          configs[0])
+            files = chosen.get("data_files") if isinstance(chosen, dict) else None
+            if isinstance(files, str):
+                patterns = [files]
+            elif isinstance(files, list):
+                splits = [f for f in files if isinstance(f, dict)]
+                train = [f for f in splits if f.get("split") == "train"] or splits[:1]
+                for f in train:
+                    patterns += f["path"] if isinstance(f.get("path"), list) else [str(f.get("path"))]
+    patterns = patterns or ["data/train-*", "data/train.*", "train-*"]
+    for pattern in patterns:
+        found = sorted(p for p in folder.glob(pattern) if p.is_file() and p.suffix.lower() in DATA_SUFFIXES)
+        if found:
+            return found
+    return []
 
 
 def _data_file_in(folder: Path) -> Path:
