@@ -31,6 +31,7 @@ from rapidfuzz import process
 from rapidfuzz.distance import Indel, LCSseq
 from rouge_score import tokenize as rouge_tokenize
 
+from generator import novelty_kernel
 from generator.errors import UserError
 from generator.rows import read_text
 
@@ -142,6 +143,7 @@ class NoveltyPool:
         # from its 1st), so multiset overlap is plain set overlap.
         self._eid: dict[str, int] = {}
         self._postings: list[array] = []  # element id -> entries with it in their prefix
+        self._post_j: list[array] = []  # ... and its position in each of those entries' order
         self._full: list[array] = []  # element id -> all entries with it (its length: frequency)
         self._ids: list[array] = []  # entry -> its element ids, for re-indexing
         # The filter needs one fixed global element order; rarest first keeps common words out
@@ -152,7 +154,8 @@ class NoveltyPool:
         t = self.threshold - _SLACK
         self._half, self._ratio = t / 2, t / (2 - t)  # see `_prefix_len` and `_required`
         self._maxlen = 0
-        self._req: dict[int, tuple[list[int], np.ndarray]] = {}
+        self._req: dict[int, tuple[list[int], np.ndarray, np.ndarray]] = {}
+        self._state, self._epoch = np.zeros(0, dtype=np.int64), 0  # the compiled filter's scratch space
 
     def __len__(self) -> int:
         return len(self._texts)
@@ -195,11 +198,12 @@ class NoveltyPool:
         need = max(1, int(self._ratio * n) + 1)
         return max(0, n - need + 1)
 
-    def _required(self, m: int) -> tuple[list[int], np.ndarray]:
+    def _required(self, m: int) -> tuple[list[int], np.ndarray, np.ndarray]:
         """For an m-token text, indexed by entry length n: how many probed posting lists an
         entry must be in to possibly score above the threshold. The pair must share
         need_mn = floor(t(m+n)/2) + 1 elements; the first need_mn - max(need_m, need_n) + 1 of
-        them in global order lie in both prefixes. Lengths with F <= 2min(m,n)/(m+n) <= t: never."""
+        them in global order lie in both prefixes. Lengths with F <= 2min(m,n)/(m+n) <= t: never.
+        Also, per n, need_mn itself: the smallest LCS (and overlap) that can pass."""
         got = self._req.get(m)
         if got is None or len(got[0]) <= self._maxlen:
             never, h, r = 1 << 30, self._half, self._ratio
@@ -208,7 +212,8 @@ class NoveltyPool:
                    if r * m < n and n * r < m else never for n in range(self._maxlen + 1)]
             if len(self._req) * len(req) > 1 << 22:  # bounded memory even for very long texts
                 self._req.clear()
-            got = self._req[m] = (req, np.array(req))
+            low = np.array([int(h * (m + n)) + 1 for n in range(self._maxlen + 1)], dtype=np.int64)
+            got = self._req[m] = (req, np.array(req), low)
         return got
 
     def _append(self, text: str, code: str, elements: list[str]) -> None:
@@ -229,6 +234,7 @@ class NoveltyPool:
                     full.append(array("i"))
                     self._rank.append(-1 - ids[k])
                     self._postings.append(array("i"))
+                    self._post_j.append(array("i"))
         for i in ids:
             full[i].append(pos)
         self._ids.append(array("i", ids))
@@ -236,8 +242,9 @@ class NoveltyPool:
 
     def _index(self, pos: int, ids: list[int]) -> None:
         ids.sort(key=self._rank.__getitem__)
-        for i in ids[: self._prefix_len(len(ids))]:
+        for j, i in enumerate(ids[: self._prefix_len(len(ids))]):
             self._postings[i].append(pos)
+            self._post_j[i].append(j)
 
     def _maybe_rebuild(self) -> None:
         # Only between public calls: recoding tokens would make codes held inside a call stale.
@@ -260,6 +267,7 @@ class NoveltyPool:
         for r, i in enumerate(sorted(range(len(df)), key=lambda i: (df[i], -i))):
             rank[i] = r
         self._postings = [array("i") for _ in df]
+        self._post_j = [array("i") for _ in df]
         for pos, ids in enumerate(self._ids):
             self._index(pos, ids.tolist())
 
@@ -281,11 +289,27 @@ class NoveltyPool:
             return []
         known.sort(key=self._rank.__getitem__)
         lists = [self._postings[i] for i in known[: p - unseen]]
-        req, req_np = self._required(m)
+        req, req_np, low = self._required(m)
         lens = self._lens
-        if sum(map(len, lists)) < 300:  # a few candidates: plain Python beats numpy's overheads
+        rows = sum(map(len, lists))
+        if rows < 300:  # a few candidates: plain Python beats numpy's overheads
             counts = Counter(chain.from_iterable(lists))
             cand = [j for j, c in counts.items() if c >= req[lens[j]]]
+        elif novelty_kernel.candidates is not None and max(m, self._maxlen) < novelty_kernel.MAX_TOKENS:
+            if len(self._state) < len(self._lens_np):  # scratch space, one word per entry
+                self._state = np.zeros(len(self._lens_np), dtype=np.int64)
+                self._epoch = 0
+            self._epoch += 1
+            if self._epoch > novelty_kernel.EPOCHS:  # stamps wrap: start from a clean slate
+                self._state[:] = 0
+                self._epoch = 1
+            probed = known[: p - unseen]
+            ents = np.concatenate([np.frombuffer(a, dtype=np.int32) for a in lists])
+            js = np.concatenate([np.frombuffer(self._post_j[i], dtype=np.int32) for i in probed])
+            offs = np.zeros(len(lists) + 1, dtype=np.int64)
+            np.cumsum([len(a) for a in lists], out=offs[1:])
+            cand = novelty_kernel.candidates(ents, js, offs, unseen, m, self._lens_np, low, req_np, min(req),
+                                             self._state, self._epoch).tolist()
         else:
             found = np.sort(np.concatenate([np.frombuffer(a, dtype=np.int32) for a in lists]))
             starts = np.flatnonzero(np.concatenate(([True], found[1:] != found[:-1])))

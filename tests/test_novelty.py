@@ -4,12 +4,14 @@ top-k neighbours as brute force. The references below call rouge_score directly.
 from __future__ import annotations
 
 import argparse
+import functools
 import json
 import random
 
 import pytest
 from rouge_score import rouge_scorer
 
+from generator import novelty_kernel
 from generator.errors import UserError
 from generator.novelty import NoveltyPool, add_dedup_args, dedup_file, dedup_records, rouge_l
 
@@ -127,11 +129,47 @@ def reference_07():
     return keep
 
 
-def test_check_and_add_keeps_what_rouge_score_keeps(reference_07):
+@pytest.fixture(params=["compiled", "numpy"])
+def filter_path(request, monkeypatch):
+    """Both ways of counting candidates: the compiled positional filter and the numpy fallback;
+    yields the number of compiled calls so far, so a test can show the compiled one really ran."""
+    calls = [0]
+    if request.param == "numpy":
+        monkeypatch.setattr(novelty_kernel, "candidates", None)
+    else:
+        real = novelty_kernel.candidates
+
+        def counted(*args):
+            calls[0] += 1
+            return real(*args)
+
+        monkeypatch.setattr(novelty_kernel, "candidates", counted)
+    yield request.param, calls
+
+
+def test_check_and_add_keeps_what_rouge_score_keeps(reference_07, filter_path):
     pool = NoveltyPool(0.7)
     got = [pool.check_and_add(t, k=0)[0] for t in STREAM]
     assert got == reference_07
     assert len(pool) == sum(reference_07)
+    path, calls = filter_path
+    assert (calls[0] > 100) == (path == "compiled")
+
+
+LONG = _stream(500, seed=11, dup=0.5, lo=8, hi=30)  # small vocabulary, long texts: long posting lists
+
+
+@functools.cache
+def _reference_long(threshold: float) -> tuple[bool, ...]:
+    return tuple(_reference_keep(LONG, threshold))
+
+
+@pytest.mark.parametrize("threshold", [0.3, 0.5, 0.8])
+def test_both_filter_paths_match_rouge_score_at_other_thresholds(threshold, filter_path):
+    pool = NoveltyPool(threshold)
+    assert tuple(pool.check_and_add(t, k=0)[0] for t in LONG) == _reference_long(threshold)
+    path, calls = filter_path
+    assert (calls[0] > 5) == (path == "compiled")
 
 
 def test_check_with_neighbours_keeps_the_same(reference_07):
