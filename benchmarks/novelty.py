@@ -250,14 +250,96 @@ def part2(n: int) -> list[dict]:
     return rows, rows[0]["pairs"]
 
 
+# --- Part 3: `sprout dedup` at scale, decisions checked against rouge_score on a sample ---------
+
+
+def scale_child(n: int, folder: str) -> None:
+    """Write the stream as JSONL, time `sprout dedup` on it (a child process: its own peak RSS)."""
+    src, out = Path(folder) / f"stream-{n}.jsonl", Path(folder) / f"kept-{n}.jsonl"
+    with open(src, "w") as f:
+        for i, text in enumerate(make_stream(n)):
+            f.write(json.dumps({"id": i, "instruction": text}) + "\n")
+    t = time.perf_counter()
+    subprocess.run([sys.executable, "-m", "trainer.cli", "dedup", str(src), str(out)], check=True,
+                   cwd=Path(__file__).resolve().parents[1], stdout=subprocess.DEVNULL)
+    wall = time.perf_counter() - t
+    usage = resource.getrusage(resource.RUSAGE_CHILDREN)
+    print(json.dumps({"wall": wall, "cpu": usage.ru_utime + usage.ru_stime, "peak_mib": usage.ru_maxrss / 1024}))
+
+
+def check_sample(n: int, folder: str, samples: int = 60, threshold: float = 0.7) -> tuple[int, int]:
+    """For `samples` random positions of the stream, decide keep/drop by brute force against every
+    instruction kept before it, rouge_score deciding every pair rapidfuzz puts near the threshold.
+    Returns (agreements, samples)."""
+    from rapidfuzz import process
+    from rapidfuzz.distance import Indel
+    from rouge_score import rouge_scorer
+
+    from generator.novelty import tokens
+
+    stream = make_stream(n)
+    kept_ids = {json.loads(line)["id"] for line in open(Path(folder) / f"kept-{n}.jsonl")}
+    chars: dict[str, str] = {}
+
+    def code(text: str) -> str:
+        return "".join(chars.setdefault(t, chr(0x1000 + len(chars))) for t in tokens(text))
+
+    codes = [code(t) for t in stream]
+    scorer = rouge_scorer.RougeScorer(["rougeL"])
+    rng, agree = random.Random(7), 0
+    picks = sorted(rng.sample(range(n // 2, n), samples // 2) + rng.sample(range(n // 2), samples - samples // 2))
+    for p in picks:
+        before = [i for i in range(p) if i in kept_ids]
+        near = process.extract(codes[p], [codes[i] for i in before], scorer=Indel.normalized_similarity,
+                               score_cutoff=threshold - 1e-3, limit=None)
+        novel = all(scorer.score(stream[before[j]], stream[p])["rougeL"].fmeasure <= threshold for _, _, j in near)
+        agree += novel == (p in kept_ids)
+    return agree, len(picks)
+
+
+def part3(sizes: list[int]) -> list[dict]:
+    import tempfile
+
+    rows = []
+    with tempfile.TemporaryDirectory() as folder:
+        for n in sizes:
+            out = subprocess.run([sys.executable, __file__, "--scale-child", str(n), folder],
+                                 capture_output=True, text=True, check=True)
+            r = json.loads(out.stdout.strip().splitlines()[-1])
+            kept = sum(1 for _ in open(Path(folder) / f"kept-{n}.jsonl"))
+            agree, total = check_sample(n, folder)
+            print(f"  {n}: {r['wall']:.1f} s wall, {r['cpu']:.1f} s CPU, peak RSS {r['peak_mib']:.0f} MiB, kept {kept}; "
+                  f"rouge_score agrees on {agree} of {total} sampled decisions", flush=True)
+            rows.append({"n": n, "kept": kept, "agree": f"{agree}/{total}", **r})
+            assert agree == total, "a sampled decision differs from rouge_score's"
+            for f in Path(folder).iterdir():
+                f.unlink()
+    return rows
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--quick", action="store_true", help="1,000 / 10,000 instructions instead of 3,000 / 50,000")
     ap.add_argument("--procs", default="1,2", help="Alpaca baseline process counts to time (default 1,2)")
+    ap.add_argument("--scale", metavar="N,N,...", help="only part 3: `sprout dedup` on streams of these sizes "
+                    "(e.g. 100000,200000,500000,1000000), each decision of a sample checked against rouge_score")
     ap.add_argument("--child", nargs=3, metavar=("N", "MODE", "K"), help=argparse.SUPPRESS)
+    ap.add_argument("--scale-child", nargs=2, metavar=("N", "DIR"), help=argparse.SUPPRESS)
     args = ap.parse_args()
     if args.child:
         child(int(args.child[0]), args.child[1], int(args.child[2]))
+        return
+    if args.scale_child:
+        scale_child(int(args.scale_child[0]), args.scale_child[1])
+        return
+    if args.scale:
+        print(f"Part 3: sprout dedup (threshold 0.7) at scale; load average at start {os.getloadavg()[0]:.1f}", flush=True)
+        rows = part3([int(x) for x in args.scale.split(",")])
+        print("\n| instructions | wall (s) | CPU (s) | peak RSS (MiB) | kept | sampled decisions = rouge_score's |\n"
+              "|---:|---:|---:|---:|---:|---:|")
+        for r in rows:
+            print(f"| {r['n']:,} | {r['wall']:.1f} | {r['cpu']:.1f} | {r['peak_mib']:.0f} | {r['kept']:,} | {r['agree']} |")
+        print(f"\nload average at end {os.getloadavg()[0]:.1f}")
         return
     n1, n2 = (1000, 10000) if args.quick else (3000, 50000)
     cpu = next((ln.split(":", 1)[1].strip() for ln in open("/proc/cpuinfo") if ln.startswith("model name")), "?")

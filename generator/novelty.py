@@ -143,7 +143,7 @@ class NoveltyPool:
         # from its 1st), so multiset overlap is plain set overlap.
         self._eid: dict[str, int] = {}
         self._postings: list[array] = []  # element id -> entries with it in their prefix
-        self._post_j: list[array] = []  # ... and its position in each of those entries' order
+        self._post_j: list[array] = []  # ... and (its position in that entry's order | the entry's length << 16)
         self._full: list[array] = []  # element id -> all entries with it (its length: frequency)
         self._ids: list[array] = []  # entry -> its element ids, for re-indexing
         # The filter needs one fixed global element order; rarest first keeps common words out
@@ -155,7 +155,7 @@ class NoveltyPool:
         self._half, self._ratio = t / 2, t / (2 - t)  # see `_prefix_len` and `_required`
         self._maxlen = 0
         self._req: dict[int, tuple[list[int], np.ndarray, np.ndarray]] = {}
-        self._state, self._epoch = np.zeros(0, dtype=np.int64), 0  # the compiled filter's scratch space
+        self._state, self._epoch = np.zeros(0, dtype=np.int32), 0  # the compiled filter's scratch space
 
     def __len__(self) -> int:
         return len(self._texts)
@@ -242,9 +242,10 @@ class NoveltyPool:
 
     def _index(self, pos: int, ids: list[int]) -> None:
         ids.sort(key=self._rank.__getitem__)
+        n = min(len(ids), novelty_kernel.MAX_ENTRY) << 16  # a longer entry sends queries down the numpy path
         for j, i in enumerate(ids[: self._prefix_len(len(ids))]):
             self._postings[i].append(pos)
-            self._post_j[i].append(j)
+            self._post_j[i].append(min(j, 0xFFFF) | n)
 
     def _maybe_rebuild(self) -> None:
         # Only between public calls: recoding tokens would make codes held inside a call stale.
@@ -295,9 +296,10 @@ class NoveltyPool:
         if rows < 300:  # a few candidates: plain Python beats numpy's overheads
             counts = Counter(chain.from_iterable(lists))
             cand = [j for j, c in counts.items() if c >= req[lens[j]]]
-        elif novelty_kernel.candidates is not None and max(m, self._maxlen) < novelty_kernel.MAX_TOKENS:
+        elif (novelty_kernel.candidates is not None and m <= novelty_kernel.MAX_QUERY
+              and self._maxlen < novelty_kernel.MAX_ENTRY):
             if len(self._state) < len(self._lens_np):  # scratch space, one word per entry
-                self._state = np.zeros(len(self._lens_np), dtype=np.int64)
+                self._state = np.zeros(len(self._lens_np), dtype=np.int32)
                 self._epoch = 0
             self._epoch += 1
             if self._epoch > novelty_kernel.EPOCHS:  # stamps wrap: start from a clean slate

@@ -23,24 +23,33 @@ except ImportError:  # pragma: no cover
     numba = None
 
 
-def _candidates(ents, js, offs, i0, m, lens, lcs_min, req, req_min, state, epoch):
-    """Entries (pool positions) that pass the count and positional filters. `ents`/`js`: the
-    concatenated posting lists (entry, element's position in that entry's order); list k holds
-    the query's element at position i0 + k. `state`: one int64 per entry, stamped with `epoch`
-    (this query's number): a stamp from an earlier query reads as zero, so nothing is reset between
-    queries, and each row costs one read and one write of one word. Below the stamp: the number
-    of lists the entry was found in, and the query / entry positions of the last one (16 bits
-    each). Only an entry found in `req_min` lists (no length needs fewer) is looked at again."""
+def _candidates(ents, jn, offs, i0, m, lens, lcs_min, req, req_min, state, epoch):
+    """Entries (pool positions) that pass the count and positional filters.
+
+    `ents` / `jn`: the concatenated posting lists: the entry, and (j | n << 16) where j is the
+    element's position in that entry's order and n the entry's length; list k holds the query's
+    element at position i = i0 + k. `state`: one int32 per entry, stamped with `epoch` (a stamp
+    from an earlier query reads as zero, so nothing is reset between queries): 8 bits each for
+    the stamp, the lists the entry was found in, and the query / entry positions of the last one
+    (j capped at 255, which only loosens the test). A row is not counted at all where its entry
+    cannot pass: a length that cannot reach the threshold, or a shared element already too late
+    in either text (the c-th shared one has c <= min(i, j) + 1, so at least i - j, resp. j - k,
+    non-shared elements precede it); the row's entry is then no hit, whatever else it shares."""
     touched = np.empty(len(ents), np.int32)
     nt = 0
-    stamp = np.int64(epoch) << 48
+    stamp = np.int32(epoch) << 24
     for k in range(len(offs) - 1):
-        i = np.int64(i0 + k) << 16
+        i = i0 + k
         for r in range(offs[k], offs[k + 1]):
+            packed = jn[r]
+            j, n = packed & 0xFFFF, packed >> 16
+            low = lcs_min[n]
+            if req[n] > m or j - k > n - low or i - j > m - low:
+                continue
             e = ents[r]
             s = state[e]
-            found = np.int64(1) if (s >> 48) != epoch else ((s >> 32) & 0xFFFF) + 1
-            state[e] = stamp | (found << 32) | i | js[r]
+            found = 1 if (s >> 24) != epoch else ((s >> 16) & 0xFF) + 1
+            state[e] = stamp | (found << 16) | (i << 8) | min(j, 255)
             if found == req_min:
                 touched[nt] = e
                 nt += 1
@@ -49,20 +58,20 @@ def _candidates(ents, js, offs, i0, m, lens, lcs_min, req, req_min, state, epoch
     for t in range(nt):
         e = touched[t]
         s = state[e]
-        found = (s >> 32) & 0xFFFF
+        found = (s >> 16) & 0xFF
         n = lens[e]
-        if found < req[n]:
-            continue
         low = lcs_min[n]
-        if ((s >> 16) & 0xFFFF) - found + 1 > m - low or (s & 0xFFFF) - found + 1 > n - low:
+        if found < req[n] or ((s >> 8) & 0xFF) - found + 1 > m - low or (s & 0xFF) - found + 1 > n - low:
             continue
         out[n_out] = e
         n_out += 1
     return out[:n_out]
 
 
-# Positions and counts must fit their 16 bits: the caller uses the kernel only while the query
-# and every pool entry are shorter than this (else the numpy path); stamps wrap after EPOCHS.
-MAX_TOKENS = 0xFFFF
-EPOCHS = 0x7FFF
+# What fits the packing: queries of up to MAX_QUERY tokens (counts and positions in 8 bits), pool
+# entries of up to MAX_ENTRY tokens (n in 15 bits of a posting); others take the numpy path.
+# Stamps take 7 bits (the sign bit stays clear): the state is cleared every EPOCHS queries.
+MAX_QUERY = 255
+MAX_ENTRY = 0x7FFF
+EPOCHS = 127
 candidates = numba.njit(cache=True, nogil=True)(_candidates) if numba is not None else None
