@@ -142,8 +142,7 @@ class NoveltyPool:
         # Prefix-filter index. An element is a token occurrence (the 2nd "the" of a text differs
         # from its 1st), so multiset overlap is plain set overlap.
         self._eid: dict[str, int] = {}
-        self._postings: list[array] = []  # element id -> entries with it in their prefix
-        self._post_j: list[array] = []  # ... and (its position in that entry's order | the entry's length << 16)
+        self._postings = novelty_kernel.Postings()  # element id -> entries with it in their prefix
         self._full: list[array] = []  # element id -> all entries with it (its length: frequency)
         self._ids: list[array] = []  # entry -> its element ids, for re-indexing
         # The filter needs one fixed global element order; rarest first keeps common words out
@@ -212,7 +211,9 @@ class NoveltyPool:
                    if r * m < n and n * r < m else never for n in range(self._maxlen + 1)]
             if len(self._req) * len(req) > 1 << 22:  # bounded memory even for very long texts
                 self._req.clear()
-            low = np.array([int(h * (m + n)) + 1 for n in range(self._maxlen + 1)], dtype=np.int64)
+            # no LCS can pass where it would have to exceed the shorter text: a sentinel above m
+            need_mn = [int(h * (m + n)) + 1 for n in range(self._maxlen + 1)]
+            low = np.array([v if v <= min(m, n) else 1 << 20 for n, v in enumerate(need_mn)], dtype=np.int64)
             got = self._req[m] = (req, np.array(req), low)
         return got
 
@@ -233,8 +234,7 @@ class NoveltyPool:
                     ids[k] = eid[e] = len(full)
                     full.append(array("i"))
                     self._rank.append(-1 - ids[k])
-                    self._postings.append(array("i"))
-                    self._post_j.append(array("i"))
+            self._postings.grow_elements(len(full))
         for i in ids:
             full[i].append(pos)
         self._ids.append(array("i", ids))
@@ -242,10 +242,8 @@ class NoveltyPool:
 
     def _index(self, pos: int, ids: list[int]) -> None:
         ids.sort(key=self._rank.__getitem__)
-        n = min(len(ids), novelty_kernel.MAX_ENTRY) << 16  # a longer entry sends queries down the numpy path
-        for j, i in enumerate(ids[: self._prefix_len(len(ids))]):
-            self._postings[i].append(pos)
-            self._post_j[i].append(min(j, 0xFFFF) | n)
+        # C - 1 more than the prefix filter needs: the compiled path's windows reach that far
+        self._postings.add(pos, len(ids), ids[: self._prefix_len(len(ids)) + novelty_kernel.C - 1])
 
     def _maybe_rebuild(self) -> None:
         # Only between public calls: recoding tokens would make codes held inside a call stale.
@@ -267,8 +265,8 @@ class NoveltyPool:
         self._rank = rank = [0] * len(df)
         for r, i in enumerate(sorted(range(len(df)), key=lambda i: (df[i], -i))):
             rank[i] = r
-        self._postings = [array("i") for _ in df]
-        self._post_j = [array("i") for _ in df]
+        self._postings = novelty_kernel.Postings()
+        self._postings.grow_elements(len(df))
         for pos, ids in enumerate(self._ids):
             self._index(pos, ids.tolist())
 
@@ -289,38 +287,40 @@ class NoveltyPool:
         if unseen >= p:
             return []
         known.sort(key=self._rank.__getitem__)
-        lists = [self._postings[i] for i in known[: p - unseen]]
         req, req_np, low = self._required(m)
+        if (novelty_kernel.candidates is not None and m <= novelty_kernel.MAX_QUERY
+                and self._maxlen < novelty_kernel.MAX_ENTRY):
+            cand = self._compiled_candidates(known[: p - unseen + novelty_kernel.C - 1], unseen, m, low)
+            return self._verified(code, cand)
+        lists = [self._postings.entries(i) for i in known[: p - unseen]]
         lens = self._lens
-        rows = sum(map(len, lists))
-        if rows < 300:  # a few candidates: plain Python beats numpy's overheads
-            counts = Counter(chain.from_iterable(lists))
+        if sum(map(len, lists)) < 300:  # a few candidates: plain Python beats numpy's overheads
+            counts = Counter(chain.from_iterable(a.tolist() for a in lists))
             cand = [j for j, c in counts.items() if c >= req[lens[j]]]
-        elif (novelty_kernel.candidates is not None and m <= novelty_kernel.MAX_QUERY
-              and self._maxlen < novelty_kernel.MAX_ENTRY):
-            if len(self._state) < len(self._lens_np):  # scratch space, one word per entry
-                self._state = np.zeros(len(self._lens_np), dtype=np.int32)
-                self._epoch = 0
-            self._epoch += 1
-            if self._epoch > novelty_kernel.EPOCHS:  # stamps wrap: start from a clean slate
-                self._state[:] = 0
-                self._epoch = 1
-            probed = known[: p - unseen]
-            ents = np.concatenate([np.frombuffer(a, dtype=np.int32) for a in lists])
-            js = np.concatenate([np.frombuffer(self._post_j[i], dtype=np.int32) for i in probed])
-            offs = np.zeros(len(lists) + 1, dtype=np.int64)
-            np.cumsum([len(a) for a in lists], out=offs[1:])
-            cand = novelty_kernel.candidates(ents, js, offs, unseen, m, self._lens_np, low, req_np, min(req),
-                                             self._state, self._epoch).tolist()
         else:
-            found = np.sort(np.concatenate([np.frombuffer(a, dtype=np.int32) for a in lists]))
+            found = np.sort(np.concatenate(lists))
             starts = np.flatnonzero(np.concatenate(([True], found[1:] != found[:-1])))
             counts = np.diff(np.append(starts, len(found)))
             found = found[starts]
             cand = found[counts >= req_np[self._lens_np[found]]].tolist()
+        return self._verified(code, cand)
+
+    def _compiled_candidates(self, probed: list[int], unseen: int, m: int, low: np.ndarray) -> list[int]:
+        """The entries that pass novelty_kernel's windowed count and positional test."""
+        if len(self._state) < len(self._lens_np):  # scratch space, one word per entry
+            self._state = np.zeros(len(self._lens_np), dtype=np.int32)
+            self._epoch = 0
+        self._epoch += 1
+        if self._epoch > novelty_kernel.EPOCHS:  # stamps wrap: start from a clean slate
+            self._state[:] = 0
+            self._epoch = 1
+        return self._postings.search(probed, unseen, m, self._lens_np, low, self._state, self._epoch)
+
+    def _verified(self, code: str, cand: list[int]) -> Ranked:
+        """The candidates with F > threshold, exactly, ranked."""
         if not cand:
             return []
-        codes = self._codes
+        m, codes = len(code), self._codes
         # rapidfuzz's normalized Indel similarity is 2*LCS/(m+n), i.e. F up to rounding: a cutoff
         # a hair under the threshold keeps every possible hit, then F is redone exactly.
         found = process.extract(code, [codes[j] for j in cand], scorer=Indel.normalized_similarity,
