@@ -90,6 +90,18 @@ def parse_lora(specs: list[str]) -> list[tuple[str, Path, int]]:
     return out
 
 
+# vLLM accepts only these for --max-lora-rank (a capacity: a rank-4 adapter fits a slot of 8)
+LORA_RANK_SLOTS = (1, 8, 16, 32, 64, 128, 256, 320, 512)
+
+
+def lora_rank_slot(rank: int) -> int:
+    """The smallest --max-lora-rank vLLM accepts that holds an adapter of `rank`."""
+    slot = next((s for s in LORA_RANK_SLOTS if s >= rank), None)
+    if slot is None:
+        raise UserError(f"--lora: rank {rank} is above vLLM's largest LoRA rank ({LORA_RANK_SLOTS[-1]})")
+    return slot
+
+
 def vllm_installed() -> bool:
     return importlib.util.find_spec("vllm") is not None
 
@@ -247,7 +259,7 @@ class VLLMServer:
                 cmd += ["--enforce-eager"]
         loras = parse_lora(cfg.lora)
         if loras:
-            cmd += ["--enable-lora", "--max-lora-rank", str(max(r for *_, r in loras)), "--lora-modules"]
+            cmd += ["--enable-lora", "--max-lora-rank", str(lora_rank_slot(max(r for *_, r in loras))), "--lora-modules"]
             cmd += [f"{name}={path}" for name, path, _ in loras]
         extra = list(cfg.extra_args)
         for i, arg in enumerate(extra):

@@ -31,6 +31,26 @@ def student(embedded_model, tmp_path_factory) -> str:
     return str(path)
 
 
+@pytest.fixture(scope="session")
+def student_without_template(student, tmp_path_factory) -> str:
+    """The 2-layer student with its chat template removed, as a base model ships: trained on the
+    Alpaca prompt."""
+    import json
+    import shutil
+
+    path = tmp_path_factory.mktemp("student2-base")
+    shutil.copytree(student, path, dirs_exist_ok=True)
+    (path / "chat_template.jinja").unlink(missing_ok=True)
+    cfg_file = path / "tokenizer_config.json"
+    cfg = json.loads(cfg_file.read_text())
+    cfg.pop("chat_template", None)
+    cfg_file.write_text(json.dumps(cfg))
+    from transformers import AutoTokenizer
+
+    assert not AutoTokenizer.from_pretrained(str(path)).chat_template
+    return str(path)
+
+
 class _Teacher:
     def __init__(self, base_url: str, model: str, server=None):
         self.base_url, self.model, self.server = base_url, model, server

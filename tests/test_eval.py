@@ -396,3 +396,43 @@ def test_served_base_and_student_answers_match_hf_generation(embedded_model, tmp
     for name, ref in ((srv.model_name, hf_base), ("student", hf_student)):
         same = sum(a[:40] == r[:40] for a, r in zip(served[name], ref))
         assert same >= len(ref) - 1, (name, served[name], ref)
+
+
+@pytest.mark.slow
+def test_served_student_without_template_gets_its_training_prompt(student_without_template, tmp_path):
+    """Golden test for train/inference format drift: a student whose base has no chat template is
+    trained on the Alpaca prompt; served the way `sprout serve` and `sprout eval` serve it, vLLM's
+    chat endpoint must tokenize a conversation into exactly the training prompt's tokens."""
+    import httpx
+    from transformers import AutoTokenizer
+
+    from generator.server import ServeConfig, VLLMServer, free_port
+    from tests.test_train import make_rows
+    from trainer.cli import _student_chat_template
+    from trainer.config import TrainConfig
+    from trainer.data import Example
+    from trainer.format import Formatter
+    from trainer.train import train
+
+    data = tmp_path / "data.jsonl"
+    data.write_text("".join(json.dumps(r) + "\n" for r in make_rows(8)))
+    train(TrainConfig(data=str(data), out=str(tmp_path / "run"), model=student_without_template, max_steps=1,
+                      max_length=64, lora_r=4, lora_alpha=8, batch_size=4, eval_fraction=0.0, save_every=0,
+                      progress=False, system_prompt="Answer in one line."))
+    cfg = ServeConfig(model=student_without_template, port=free_port(), lora=[f"student={tmp_path / 'run' / 'adapter'}"])
+    _student_chat_template(cfg)
+    assert "--chat-template" in cfg.extra_args
+
+    tok = AutoTokenizer.from_pretrained(student_without_template)
+    conv = [{"role": "user", "content": "Describe: the red house"}, {"role": "assistant", "content": "It is red."}]
+    text, spans, _ = Formatter(tok, "Answer in one line.").render(Example(conv, "x"))
+    want = tok(text[: spans[0][0]], add_special_tokens=True)["input_ids"]
+    with VLLMServer(cfg) as srv:
+        root = srv.base_url.removesuffix("/v1")
+        for model in ("student", srv.model_name):  # one template per server: the base is asked the same way
+            got = httpx.post(f"{root}/tokenize", json={"model": model, "messages": conv[:1],
+                                                        "add_generation_prompt": True}, timeout=60).json()
+            assert got["tokens"] == want, (model, tok.decode(got["tokens"]), text[: spans[0][0]])
+        reply = httpx.post(f"{srv.base_url}/chat/completions", timeout=120, json={
+            "model": "student", "messages": conv[:1], "max_tokens": 8, "temperature": 0}).json()
+        assert reply["choices"][0]["message"]["content"] is not None

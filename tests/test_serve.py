@@ -4,6 +4,7 @@ adapter answers as model `student`; SIGTERM leaves no vLLM process behind."""
 from __future__ import annotations
 
 import asyncio
+import json
 import os
 import signal
 import socket
@@ -17,6 +18,7 @@ import pytest
 from generator import server as server_mod
 from trainer.cli import main
 from generator.client import ClientConfig, TeacherClient
+from generator.errors import UserError
 from generator.server import ServeConfig, VLLMServer, free_port
 
 
@@ -76,6 +78,20 @@ def test_server_command_passes_lora_and_extra_args(tmp_path):
     assert f"--enable-lora --max-lora-rank 32 --lora-modules student={tmp_path}" in joined
     assert joined.endswith("--tensor-parallel-size 2")
     assert env["VLLM_CACHE_ROOT"].startswith(str(server_mod.sprout_home()))
+
+
+@pytest.mark.parametrize("rank, slot", [(1, 1), (4, 8), (8, 8), (12, 16), (64, 64), (300, 320)])
+def test_lora_rank_rounds_up_to_a_slot_vllm_accepts(tmp_path, rank, slot):
+    # vLLM 0.32 refuses --max-lora-rank 4 (it takes 1, 8, 16, ...): a rank-4 adapter could not be served
+    (tmp_path / "adapter_config.json").write_text(json.dumps({"r": rank}))
+    cmd, _ = VLLMServer(ServeConfig(lora=[f"s={tmp_path}"])).command("/models/m")
+    assert cmd[cmd.index("--max-lora-rank") + 1] == str(slot)
+
+
+def test_lora_rank_above_vllms_largest_is_a_clear_error(tmp_path):
+    (tmp_path / "adapter_config.json").write_text('{"r": 1024}')
+    with pytest.raises(UserError, match="above vLLM's largest LoRA rank"):
+        VLLMServer(ServeConfig(lora=[f"s={tmp_path}"])).command("/models/m")
 
 
 def _tiny_adapter(model_dir: str, out: Path) -> Path:

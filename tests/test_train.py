@@ -331,3 +331,64 @@ def test_cli_bad_data_exits_2_with_one_line(tmp_path, capsys):
     capsys.readouterr()
     rc = main(["train", "--out", str(tmp_path / "out4")])
     assert rc == 2 and "--data is required" in capsys.readouterr().err
+
+
+# -- one prompt format from training to serving ---------------------------------------------------
+
+CONVERSATIONS = [
+    [{"role": "user", "content": "Say hi."}, {"role": "assistant", "content": "Hi!"}],
+    [{"role": "system", "content": "Be brief."}, {"role": "user", "content": "Q1"}, {"role": "assistant", "content": "A1"},
+     {"role": "user", "content": "Q2"}, {"role": "assistant", "content": "A2"}],
+]
+
+
+@pytest.mark.parametrize("system_prompt", [None, "You answer in one line."])
+def test_alpaca_chat_template_renders_what_training_renders(student_without_template, system_prompt):
+    """Golden: for a student without a chat template, the template saved with its adapter renders
+    each conversation exactly as the trainer did, and a generation prompt (what vLLM's chat
+    endpoint sends) is the training text up to where the supervised answer starts."""
+    from transformers import AutoTokenizer
+
+    from trainer.data import Example
+    from trainer.format import Formatter, adds_bos, alpaca_chat_template
+
+    tok = AutoTokenizer.from_pretrained(student_without_template)
+    fmt = Formatter(tok, system_prompt)
+    assert not fmt.use_template
+    template = alpaca_chat_template(system_prompt, adds_bos(tok))
+    for conv in CONVERSATIONS:
+        text, spans, _ = fmt.render(Example(conv, "x"))
+        assert tok.apply_chat_template(conv, chat_template=template, tokenize=False) == text
+        prompt = tok.apply_chat_template(conv[:-1], chat_template=template, tokenize=False, add_generation_prompt=True)
+        assert text.startswith(prompt) and len(prompt) == spans[-1][0]
+        if system_prompt:
+            assert prompt.startswith(system_prompt + "\n\n")
+
+
+def test_student_without_template_carries_its_training_prompt(student_without_template, data_file, tmp_path):
+    from transformers import AutoTokenizer
+
+    from trainer.data import Example
+    from trainer.format import Formatter, read_prompt_format
+
+    out = tmp_path / "out"
+    train(tiny(data_file, out, model=student_without_template, system_prompt="Answer briefly."))
+    fmt = read_prompt_format(out / "adapter")
+    assert fmt["template"] == "alpaca" and fmt["system_prompt"] == "Answer briefly." and fmt["template_file"].is_file()
+    saved = AutoTokenizer.from_pretrained(str(out / "adapter"))  # what PEFT / HF inference load
+    assert saved.chat_template == fmt["template_file"].read_text()
+    conv = [{"role": "user", "content": "Describe: the red house"}, {"role": "assistant", "content": "It is red."}]
+    trained, spans, _ = Formatter(AutoTokenizer.from_pretrained(student_without_template), "Answer briefly.").render(
+        Example(conv, "x"))
+    prompt = saved.apply_chat_template(conv[:1], tokenize=False, add_generation_prompt=True)
+    assert trained[: spans[0][0]] == prompt  # the eval prompt is the training prompt, to the character
+
+
+def test_chat_student_records_its_system_prompt(student, data_file, tmp_path):
+    from trainer.format import read_prompt_format
+
+    out = tmp_path / "out"
+    train(tiny(data_file, out, model=student, system_prompt="Answer briefly."))
+    fmt = read_prompt_format(out / "adapter")
+    assert fmt == {"template": "model", "system_prompt": "Answer briefly.", "template_file": None}
+    assert not (out / "adapter" / "sprout_chat_template.jinja").exists()

@@ -71,6 +71,7 @@ def cmd_serve(args) -> int:
 
     extra = [a for a in (args.extra_args or []) if a != "--"] or None
     cfg = load_config(ServeConfig, args.config, {**vars(args), "extra_args": extra})
+    _student_chat_template(cfg)
     srv = VLLMServer(cfg)
     model_path = srv.preflight()
     print(f"starting vLLM on {cfg.host}:{cfg.port} (log: {srv.log_path})", file=sys.stderr, flush=True)
@@ -84,6 +85,25 @@ def cmd_serve(args) -> int:
         return 0
     finally:
         srv.stop()
+
+
+def _student_chat_template(cfg) -> None:
+    """A LoRA student trained on the Alpaca prompt (its base has no chat template) carries that
+    prompt as a chat template: serve it as vLLM's template, so chat requests see the training
+    prompt. Base-model requests get it too (vLLM has one template per server)."""
+    from generator.server import parse_lora
+    from trainer.format import read_prompt_format
+
+    if any(a.split("=", 1)[0] == "--chat-template" for a in cfg.extra_args):
+        return  # the user chose one
+    files = {str(read_prompt_format(path)["template_file"]) for _, path, _ in parse_lora(cfg.lora)} - {"None"}
+    if len(files) > 1:
+        raise UserError("--lora: these adapters were trained with different Alpaca prompts (different "
+                        "--system-prompt); serve them separately, or pass one with -- --chat-template FILE")
+    if files:
+        cfg.extra_args = [*cfg.extra_args, "--chat-template", files.pop()]
+        print("serving the adapter's training prompt as the chat template (its base model has none)",
+              file=sys.stderr, flush=True)
 
 
 def _lazy(name: str, module: str, adder: str):

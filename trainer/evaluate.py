@@ -210,8 +210,10 @@ def check_adapter(adapter: str, base_path: str) -> Path:
     return folder.resolve()
 
 
-def reference_losses(model_path: str, adapter: Path | None, items: list[dict]) -> list[dict]:
-    """Mean token loss of each reference answer under base (and student): [{base, student}]."""
+def reference_losses(model_path: str, adapter: Path | None, items: list[dict], system_prompt: str | None = None
+                     ) -> list[dict]:
+    """Mean token loss of each reference answer under base (and student): [{base, student}],
+    each prompt formatted as the student was trained (its system prompt included)."""
     import torch
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
@@ -221,7 +223,7 @@ def reference_losses(model_path: str, adapter: Path | None, items: list[dict]) -
     from trainer.model import CausalLMLoss
 
     tok = AutoTokenizer.from_pretrained(model_path)
-    fmt = Formatter(tok)
+    fmt = Formatter(tok, system_prompt)
     scored = [i for i, it in enumerate(items) if it["reference"].strip()]
     enc = [fmt.encode(Example(items[i]["messages"] + [{"role": "assistant", "content": items[i]["reference"]}],
                               where=str(i))) for i in scored]
@@ -329,6 +331,7 @@ def evaluate(cfg: EvalConfig) -> dict:
     from generator.resources import data_dir
     from generator.redact import redact_url
     from generator.server import ServeConfig, VLLMServer, free_port
+    from trainer.format import read_prompt_format, with_system_prompt
     from trainer.judge import summarize
 
     if not cfg.out:
@@ -349,13 +352,19 @@ def evaluate(cfg: EvalConfig) -> dict:
         print(warning, file=sys.stderr)
     out = Path(cfg.out)
     out.mkdir(parents=True, exist_ok=True)
-    serve = ServeConfig(model=cfg.model, port=free_port(), lora=[f"student={adapter}"] if adapter else [])
+    # Prompt both models as the student was trained: its system prompt, and for a student trained
+    # on the Alpaca prompt (its base has no chat template) that prompt as vLLM's chat template.
+    prompt = read_prompt_format(adapter) if adapter else {"template": "model", "system_prompt": None, "template_file": None}
+    items = [{**it, "messages": with_system_prompt(it["messages"], prompt["system_prompt"])} for it in items]
+    vitems = [{**it, "messages": with_system_prompt(it["messages"], prompt["system_prompt"])} for it in vitems]
+    serve = ServeConfig(model=cfg.model, port=free_port(), lora=[f"student={adapter}"] if adapter else [],
+                        extra_args=["--chat-template", str(prompt["template_file"])] if prompt["template_file"] else [])
     print(f"answering {len(items)} items and {len(vitems)} verifiable prompts with base"
           f"{' and student' if adapter else ''} (vLLM)...", file=sys.stderr)
     with VLLMServer(serve) as srv:
         answers, vanswers, judged = asyncio.run(_evaluate(cfg, srv.base_url, srv.model_name, items, vitems,
                                                           adapter is not None))
-    losses = reference_losses(base_path, adapter, items) if cfg.loss else [{} for _ in items]
+    losses = reference_losses(base_path, adapter, items, prompt["system_prompt"]) if cfg.loss else [{} for _ in items]
     vrows = score_verifiable(vitems, vanswers)
     results = []
     for k, it in enumerate(items):
@@ -367,6 +376,7 @@ def evaluate(cfg: EvalConfig) -> dict:
             row["judge"] = judged[k]
         results.append(row)
     summary = {"items": len(items), "model": base_path, "adapter": str(adapter) if adapter else None,
+               "prompt_format": {"template": prompt["template"], "system_prompt": prompt["system_prompt"]},
                "eval_set": str(cfg.eval_set or "seeds/eval_set.jsonl"), "overlap_warning": warning,
                "verifiable": {**summarize_verifiable(vrows), "set": str(vpath)} if vrows else None}
     for name in ("base", "student"):

@@ -17,7 +17,9 @@ the response and EOS.
 
 from __future__ import annotations
 
+import json
 from dataclasses import dataclass
+from pathlib import Path
 
 from generator.errors import UserError
 from trainer.data import Example
@@ -28,6 +30,70 @@ ALPACA_PREAMBLE = ("Below is an instruction that describes a task. "
                    "Write a response that appropriately completes the request.")
 ALPACA_PREAMBLE_INPUT = ("Below is an instruction that describes a task, paired with an input that provides "
                          "further context. Write a response that appropriately completes the request.")
+
+
+def alpaca_chat_template(system_prompt: str | None = None, bos_token: bool = False) -> str:
+    """A Jinja chat template that renders a conversation exactly as `Formatter` renders it for a
+    student without a chat template (the Alpaca prompt: a preamble, then one Instruction /
+    Response block per turn). The trainer saves it with the adapter, so vLLM's chat endpoint
+    (`sprout eval`, `sprout serve`) and HF inference see the prompt the student was trained on,
+    not a template of their own or none. `system_prompt` (train's --system-prompt) replaces the
+    preamble, as in training; `bos_token`: start with it (for tokenizers that add one to text)."""
+    fixed = json.dumps(system_prompt) if system_prompt else "none"
+    return (
+        ("{{ bos_token }}" if bos_token else "")
+        + "{%- set ns = namespace(preamble=" + fixed + ") -%}"
+        + "{%- for m in messages if ns.preamble is none and m['role'] == 'system' -%}"
+        + "{%- if loop.first %}{% set ns.preamble = m['content'] %}{% endif -%}{%- endfor -%}"
+        + "{{ ns.preamble if ns.preamble is not none else " + json.dumps(ALPACA_PREAMBLE) + " }}{{ '\n\n' }}"
+        + "{%- for m in messages -%}"
+        + "{%- if m['role'] == 'assistant' -%}{{ '### Response:\n' + m['content'] + eos_token + '\n\n' }}"
+        + "{%- elif m['role'] != 'system' -%}{{ '### Instruction:\n' + m['content'] + '\n\n' }}{%- endif -%}"
+        + "{%- endfor -%}"
+        + "{%- if add_generation_prompt %}{{ '### Response:\n' }}{% endif -%}")
+
+
+def adds_bos(tokenizer) -> bool:
+    """Whether the tokenizer puts BOS before plain text (what training's encode gets)."""
+    ids = tokenizer("x", add_special_tokens=True)["input_ids"]
+    return tokenizer.bos_token_id is not None and ids[:1] == [tokenizer.bos_token_id]
+
+
+# Saved beside the adapter: how to prompt the student as it was trained (read by eval and serve).
+PROMPT_FILE = "sprout_prompt.json"
+TEMPLATE_FILE = "sprout_chat_template.jinja"  # only for a student trained on the Alpaca prompt
+
+
+def save_prompt_format(folder: Path, tok, formatter: "Formatter") -> None:
+    """Write PROMPT_FILE (and TEMPLATE_FILE where the student has no chat template of its own).
+    Call before `tok.save_pretrained(folder)`: `tok` gets the template, so the saved tokenizer
+    (PEFT, HF pipelines) prompts the same way too."""
+    fmt = {"template": "model" if formatter.use_template else "alpaca", "system_prompt": formatter.system_prompt}
+    folder.mkdir(parents=True, exist_ok=True)
+    if not formatter.use_template:
+        tok.chat_template = alpaca_chat_template(formatter.system_prompt, adds_bos(tok))
+        (folder / TEMPLATE_FILE).write_text(tok.chat_template, encoding="utf-8")
+    (folder / PROMPT_FILE).write_text(json.dumps(fmt, indent=2), encoding="utf-8")
+
+
+def read_prompt_format(folder: Path) -> dict:
+    """{"template": "model" | "alpaca", "system_prompt": str | None, "template_file": Path | None};
+    an adapter from elsewhere (no PROMPT_FILE) is taken to use its base model's chat template."""
+    try:
+        fmt = json.loads((Path(folder) / PROMPT_FILE).read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        fmt = {}
+    template_file = Path(folder) / TEMPLATE_FILE
+    alpaca = fmt.get("template") == "alpaca" and template_file.is_file()
+    return {"template": "alpaca" if alpaca else "model", "system_prompt": fmt.get("system_prompt") or None,
+            "template_file": template_file if alpaca else None}
+
+
+def with_system_prompt(messages: list[dict], system_prompt: str | None) -> list[dict]:
+    """The conversation as training saw it: the system prompt first, unless it has its own."""
+    if system_prompt and (not messages or messages[0]["role"] != "system"):
+        return [{"role": "system", "content": system_prompt}, *messages]
+    return messages
 
 
 @dataclass
@@ -74,9 +140,7 @@ class Formatter:
         return self.tok.apply_chat_template(messages, tokenize=False, add_generation_prompt=generation_prompt)
 
     def _render_chat(self, ex: Example) -> tuple[str, list[tuple[int, int]]]:
-        messages = ex.messages
-        if self.system_prompt and messages[0]["role"] != "system":
-            messages = [{"role": "system", "content": self.system_prompt}, *messages]
+        messages = with_system_prompt(ex.messages, self.system_prompt)
         try:
             full = self._template(messages, False)
         except Exception as e:  # jinja raises TemplateError for e.g. "roles must alternate"

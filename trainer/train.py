@@ -187,7 +187,7 @@ def _train(cfg: TrainConfig, hooks: Hooks, out: Path, info) -> dict:
     from trainer import checkpoint, dist, dpo
     from trainer.batching import StepPlan, collate, split_by_tokens
     from trainer.data import Fields, load_examples, load_pairs, split_eval
-    from trainer.format import Formatter, encode_all
+    from trainer.format import Formatter, encode_all, save_prompt_format
     from trainer.metrics import MetricsLog, peak_memory_mb, plot_loss, read_metrics
     from trainer.model import CausalLMLoss, load_student, pick_dtype
 
@@ -344,6 +344,7 @@ def _train(cfg: TrainConfig, hooks: Hooks, out: Path, info) -> dict:
                 metrics.log({"step": total, "eval_loss": eval_loss, **extra})
         summary = {}
         if info.main:
+            save_prompt_format(out / "adapter", tok, formatter)  # the prompt eval and serve must use
             model.save_pretrained(out / "adapter")
             tok.save_pretrained(out / "adapter")
             history = read_metrics(out / "metrics.jsonl")
@@ -376,6 +377,7 @@ def _train(cfg: TrainConfig, hooks: Hooks, out: Path, info) -> dict:
                 merged = model.merge_and_unload()
                 merged.save_pretrained(out / "merged")
                 tok.save_pretrained(out / "merged")
+                save_prompt_format(out / "merged", tok, formatter)
             say(f"done: {out / 'adapter'}  final loss {summary['final_loss']:.4f}"
                 + (f"  eval loss {eval_loss:.4f}" if eval_loss is not None else "")
                 + (f"  {summary['tokens_per_s']:.0f} tokens/s" if train_time else ""))
