@@ -251,6 +251,38 @@ def test_resume_continues_exactly(student, data_file, tmp_path):
         torch.testing.assert_close(la[n], lb[n], rtol=1e-6, atol=1e-7)
 
 
+def test_resume_refuses_another_run_but_not_another_cadence(student, data_file, tmp_path):
+    """--resume with other data, lr or batch size would continue a different run from these
+    checkpoints: refused, naming what changed. Logging, checkpoint cadence and pass splitting
+    do not change the run: accepted."""
+    cfg = dict(model=student, max_steps=3, save_every=1, max_length=48)
+    out = tmp_path / "run"
+
+    class Interrupt(Exception):
+        pass
+
+    def crash(step, record):
+        if step == 2:
+            raise Interrupt
+
+    with pytest.raises(Interrupt):
+        train(tiny(data_file, out, **cfg), Hooks(on_step=crash))
+    for change, named in (({"lr": 5e-3}, "lr: 0.001 then, 0.005 now"), ({"batch_size": 2}, "batch_size"),
+                          ({"system_prompt": "Be brief."}, "system_prompt")):
+        with pytest.raises(UserError, match=named):
+            train(tiny(data_file, out, resume=True, **{**cfg, **change}))
+    edited = tmp_path / "edited.jsonl"  # the same rows but one, at another path
+    rows = data_file.read_text().splitlines()
+    edited.write_text("\n".join(rows[:-1] + [rows[-1].replace('."', ' again."')]) + "\n")
+    with pytest.raises(UserError, match="the training data changed"):
+        train(tiny(edited, out, resume=True, **cfg))
+    moved = tmp_path / "moved.jsonl"  # the same content elsewhere is the same run
+    moved.write_text(data_file.read_text())
+    summary = train(tiny(moved, out, resume=True, log_every=2, save_every=2, max_pass_tokens=64, **{
+        k: v for k, v in cfg.items() if k != "save_every"}))
+    assert summary["steps"] == 3
+
+
 def test_nan_loss_stops_the_run(student, data_file, tmp_path):
     calls = {"n": 0}
 

@@ -51,7 +51,7 @@ from generator.errors import UserError
 from trainer.config import DPO_LOSSES, DTYPES, METHODS, OVERLONG, SCHEDULES, TrainConfig, check
 
 OUTPUTS = ("adapter", "merged", "checkpoints", "tensorboard", "metrics.jsonl", "summary.json", "loss.png",
-           "train_config.yaml")
+           "train_config.yaml", "run_fingerprint.json")
 
 
 class TrainingDiverged(UserError):
@@ -124,6 +124,62 @@ def held_out_loss(loss_fn, encoded: list, batch_size: int, pad_id: int, info, co
     loss_fn.model.train()
     total, count = dist.sum_all(info, total, count)
     return total / max(count, 1)
+
+
+# Settings that make the run what it is: `--resume` must be given the same ones, or the steps after
+# the checkpoint would belong to another run (a schedule over other totals, other batches). Paths,
+# logging, checkpoint cadence, pass splitting and gradient checkpointing (same gradients) may change.
+RUN_SETTINGS = ("eval_fraction", "system_prompt", "max_length", "overlong", "method", "beta", "dpo_loss",
+                "lora_r", "lora_alpha", "lora_dropout", "target_modules", "epochs", "max_steps", "batch_size",
+                "grad_accum", "lr", "weight_decay", "warmup_ratio", "schedule", "max_grad_norm", "dtype", "seed")
+FINGERPRINT = "run_fingerprint.json"
+
+
+def run_fingerprint(cfg: TrainConfig, model_path: str, train_ex: list, eval_ex: list) -> dict:
+    """What a resumed run is compared on: the settings above, the model, the starting adapter's
+    bytes, and the examples' content (wherever the file now lives)."""
+    import dataclasses
+    import hashlib
+    import json
+
+    def plain(x):
+        if dataclasses.is_dataclass(x):
+            return {f.name: plain(getattr(x, f.name)) for f in dataclasses.fields(x) if f.name != "where"}
+        return [plain(v) for v in x] if isinstance(x, (list, tuple)) else x
+
+    def digest(examples) -> str:
+        h = hashlib.sha256()
+        for ex in examples:
+            h.update(json.dumps(plain(ex), sort_keys=True, ensure_ascii=False).encode() + b"\n")
+        return h.hexdigest()
+
+    init = Path(cfg.init_adapter).expanduser() / "adapter_model.safetensors" if cfg.init_adapter else None
+    return {"settings": {k: getattr(cfg, k) for k in RUN_SETTINGS}, "model": str(model_path),
+            "init_adapter": hashlib.sha256(init.read_bytes()).hexdigest() if init and init.is_file() else None,
+            "train_examples": digest(train_ex), "eval_examples": digest(eval_ex)}
+
+
+def check_or_record_fingerprint(cfg: TrainConfig, out: Path, info, fingerprint: dict) -> None:
+    import json
+
+    path = out / FINGERPRINT
+    if not cfg.resume:
+        if info.main:
+            path.write_text(json.dumps(fingerprint, indent=2))
+        return
+    try:
+        saved = json.loads(path.read_text())
+    except (OSError, ValueError):
+        return  # a run from before fingerprints (or its file lost): nothing to compare with
+    diffs = [f"{k}: {saved['settings'].get(k)!r} then, {v!r} now" for k, v in fingerprint["settings"].items()
+             if saved.get("settings", {}).get(k) != v]
+    names = {"model": "--model", "init_adapter": "--init-adapter (its weights)", "train_examples": "the training data",
+             "eval_examples": "the eval data"}
+    diffs += [f"{name} changed" for key, name in names.items() if saved.get(key) != fingerprint[key]]
+    if diffs:
+        raise UserError(f"--resume: {out} was trained with other settings ({'; '.join(diffs[:4])}"
+                        f"{f'; {len(diffs) - 4} more' if len(diffs) > 4 else ''}); resume with the same ones, "
+                        "or start a new run (--overwrite, or --init-adapter OUT/adapter to build on it)")
 
 
 def _prepare_out(cfg: TrainConfig, out: Path, info) -> None:
@@ -205,6 +261,7 @@ def _train(cfg: TrainConfig, hooks: Hooks, out: Path, info) -> dict:
         train_ex, eval_ex = examples, load(cfg.eval_data)
     else:
         train_ex, eval_ex = split_eval(examples, cfg.eval_fraction, cfg.seed)
+    check_or_record_fingerprint(cfg, out, info, run_fingerprint(cfg, resolve_model(cfg.model), train_ex, eval_ex))
 
     # --- student + LoRA -------------------------------------------------------------------------
     device = info.device
