@@ -89,6 +89,8 @@ class GenerateConfig:
     judge_template: str | None = None
     reward_model: str | None = None
     system_prompt: str | None = None  # magpie: a system turn before the user turn (steers the domain)
+    system_prompts: str | None = None  # magpie: a file of system prompts, one per request in turn
+    personas: str | None = None  # magpie: a file of personas (who the user is), one per request in turn
     # the teacher's context window (default: what vLLM reports); vLLM arguments when we start it
     max_model_len: int | None = None
     vllm_args: list[str] = field(default_factory=list)
@@ -117,6 +119,9 @@ class GenerateConfig:
             raise UserError("--out: name the run directory, e.g. --out runs/gen1")
         if self.mode not in MODE_DEFAULTS:
             raise UserError(f"--mode {self.mode!r}: choose alpaca, self-instruct or magpie")
+        if (self.system_prompts or self.personas) and self.mode != "magpie":
+            raise UserError("--system-prompts and --personas steer --mode magpie; the other modes take their "
+                            "direction from the seeds")
         if self.mode == "magpie" and self.responses < 1:
             raise UserError("--mode magpie writes requests only: it needs --responses N >= 1 to answer them")
         if self.api not in ("chat", "completion"):
@@ -149,3 +154,46 @@ class GenerateConfig:
         if self.max_model_len is not None and self.max_model_len < 64:
             raise UserError("--max-model-len must be at least 64")
         self.score_config().validate()
+
+
+# How a persona becomes the system turn of a Magpie request: the teacher then writes what this
+# person would ask. (Kept beside the config: one line, no stage or parser of its own.)
+PERSONA_SYSTEM_PROMPT = ("You are a helpful assistant. The person writing to you is {persona}. "
+                         "They ask for help with something from their own work or life.")
+
+
+def steering(cfg: GenerateConfig) -> list[dict]:
+    """The system turns Magpie requests rotate through: {"system_prompt", "persona"} each; one
+    entry with system_prompt None when nothing steers. Files: one per line (blank lines and
+    lines starting with # skipped), or JSON lines with a "system_prompt" / "persona" field."""
+    from generator.errors import UserError
+    from generator.rows import read_text
+
+    def load(path: str, key: str) -> list[str]:
+        import json
+
+        out = []
+        for no, line in enumerate(read_text(path).splitlines(), 1):
+            line = line.strip()
+            if not line or line.startswith("#"):
+                continue
+            if line.startswith("{"):
+                try:
+                    value = json.loads(line).get(key)
+                except (ValueError, AttributeError):
+                    value = None
+                if not isinstance(value, str) or not value.strip():
+                    raise UserError(f"{path} line {no}: expected a {key!r} string field (or plain text, one per line)")
+                line = value.strip()
+            out.append(line)
+        if not out:
+            raise UserError(f"{path}: no {key.replace('_', ' ')}s in the file (one per line)")
+        return out
+
+    steers = [{"system_prompt": cfg.system_prompt, "persona": None}] if cfg.system_prompt else []
+    if cfg.system_prompts:
+        steers += [{"system_prompt": t, "persona": None} for t in load(cfg.system_prompts, "system_prompt")]
+    if cfg.personas:
+        steers += [{"system_prompt": PERSONA_SYSTEM_PROMPT.format(persona=t), "persona": t}
+                   for t in load(cfg.personas, "persona")]
+    return steers or [{"system_prompt": None, "persona": None}]

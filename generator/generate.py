@@ -12,7 +12,7 @@ from generator.budget import ContextBudget
 from generator.client import ClientConfig, TeacherClient, api_key_from_env
 from generator.config import load_config
 from generator.errors import UserError
-from generator.gen_config import GenerateConfig
+from generator.gen_config import GenerateConfig, steering
 from generator.resources import data_dir
 from generator.runs import RunDir, file_sha256
 from generator.scoring import add_scoring_flags, make_scorer
@@ -84,6 +84,10 @@ def add_generate_args(p) -> None:
     a("--instance-presence-penalty", type=float, help="self-instruct: presence penalty of the instance "
       "request (default 1.5, the paper's)")
     a("--system-prompt", help="magpie: a system prompt before the user turn, to steer the requests' domain")
+    a("--system-prompts", metavar="FILE", help="magpie: system prompts (one per line, or JSONL with "
+      "\"system_prompt\"), one per request in turn; each record keeps the one it came from")
+    a("--personas", metavar="FILE", help="magpie: personas, who the user is (one per line, or JSONL with "
+      "\"persona\"), one per request in turn; each record keeps its persona")
     a("--max-model-len", type=int, help="the teacher's context length (default: what vLLM reports; when Sprout "
       "starts the teacher: the model's own)")
     a("--vllm-arg", dest="vllm_args", action="append", metavar="ARG", help="argument for the vLLM server "
@@ -167,6 +171,9 @@ def run_inputs(cfg: GenerateConfig, templates: dict) -> dict[str, str]:
     inputs = {f"template {k}": t.sha256 for k, t in templates.items()}
     inputs["seeds"] = file_sha256(cfg.seeds or data_dir("seeds") / "seed_tasks.jsonl")
     inputs.update({f"decontaminate file {i + 1}": file_sha256(p) for i, p in enumerate(cfg.decontaminate)})
+    for key in ("system_prompts", "personas"):
+        if getattr(cfg, key):
+            inputs[f"{key.replace('_', ' ')} file"] = file_sha256(getattr(cfg, key))
     return inputs
 
 
@@ -175,6 +182,8 @@ def generate(cfg: GenerateConfig, force: bool = False) -> dict:
     cfg.validate()
     seeds = load_seeds(cfg.seeds or data_dir("seeds") / "seed_tasks.jsonl", need_instances=cfg.mode == "alpaca")
     templates = load_templates(cfg.templates, _template_overrides(cfg.template))
+    if cfg.mode == "magpie":
+        steering(cfg)  # a bad --personas / --system-prompts file fails here, before any request
     decontam = None
     if cfg.decontaminate:
         from generator.decontam import Decontaminator

@@ -87,7 +87,12 @@ class Pipeline:
         self.awaiting = 0  # units whose first reply has not come back
         self.replies = self.admitted = self.finished = 0  # for the expected yield of a unit
         self.candidates = self.passing = self.constrained_candidates = self.constrained_passing = 0
-        self._magpie_prompt = self.magpie_prompt() if cfg.mode == "magpie" else None
+        if cfg.mode == "magpie":  # one pre-query per system turn, rendered once
+            from generator.gen_config import steering
+
+            self._steers = steering(cfg)
+            self._magpie_prompts = {st["system_prompt"]: self.magpie_prompt(st["system_prompt"]) for st in self._steers}
+            self._steer_next = 0
         self.started = time.monotonic()
         self.tokens_at_start = (client.usage.prompt_tokens, client.usage.completion_tokens)
         self._usage_mark = self._usage_now()
@@ -297,7 +302,7 @@ class Pipeline:
 
     # -- magpie -------------------------------------------------------------------------------------
 
-    def magpie_prompt(self) -> tuple[str, list[str]]:
+    def magpie_prompt(self, system_prompt: str | None) -> tuple[str, list[str]]:
         """The chat template rendered up to where the user's words would start, and the stop
         strings that end a user turn. Needs the teacher's tokenizer (a local model folder)."""
         from generator.errors import UserError
@@ -307,7 +312,7 @@ class Pipeline:
             raise UserError("--mode magpie needs the teacher's chat template: serve a local HF folder with vLLM "
                             "(sprout generate starts one by default) so Sprout can read its tokenizer")
         marker = "\x00SPROUT-USER-TURN\x00"
-        msgs = ([{"role": "system", "content": self.cfg.system_prompt}] if self.cfg.system_prompt else [])
+        msgs = [{"role": "system", "content": system_prompt}] if system_prompt else []
         rendered = tok.apply_chat_template(msgs + [{"role": "user", "content": marker}], tokenize=False)
         head, _, tail = rendered.partition(marker)
         stops = [x for x in {tail.strip().split("\n")[0].strip(), tok.eos_token or ""} if x]
@@ -315,7 +320,9 @@ class Pipeline:
 
     async def _magpie_unit(self) -> None:
         p = self.params
-        prompt, stops = self._magpie_prompt
+        steer = self._steers[self._steer_next % len(self._steers)]  # in turn: each gets its share of requests
+        self._steer_next += 1
+        prompt, stops = self._magpie_prompts[steer["system_prompt"]]
         try:
             out = await self._request_raw("magpie", prompt, n=self.cfg.instructions_per_prompt,
                                           max_tokens=p["max_tokens"], temperature=p["temperature"],
@@ -325,8 +332,7 @@ class Pipeline:
         if out is None:
             return
         self.replies += 1
-        prov = {"templates": {}, "examples": {"seed": [], "machine": []},
-                "system_prompt": self.cfg.system_prompt}
+        prov = {"templates": {}, "examples": {"seed": [], "machine": []}, **steer}
         jobs = []
         for text, finish in zip(out.texts, out.finish_reasons):
             if self.kept + self.in_progress >= self.cfg.num_instructions:
@@ -480,6 +486,7 @@ class Pipeline:
             "sampling": self.params, "examples": prov["examples"], "most_similar": similar,
             "finish_reason": out.finish_reasons[0], "prompt_tokens": out.prompt_tokens,
             "completion_tokens": out.completion_tokens, "created_at": now_iso(), "run_id": self.run.run_id,
+            **{k: prov[k] for k in ("system_prompt", "persona") if prov.get(k)},  # what steered a magpie request
         }
         records: list[Record] = [{"id": f"{iid}-{i}", "instruction": instruction, "input": inst["input"],
                     "output": inst["output"], "instance_index": i, **common,

@@ -37,6 +37,8 @@ class Record(TypedDict, total=False):
     completion_tokens: int
     created_at: str
     run_id: str
+    system_prompt: str  # magpie: the system turn the request was written under (when one steered it)
+    persona: str  # magpie with --personas: who the user was
 
 
 def user_turn(instruction: str, input: str = "") -> str:

@@ -484,6 +484,57 @@ def test_magpie_mode_writes_requests_from_the_template_alone(tmp_path, templates
     _check_bookkeeping(tmp_path / "run")
 
 
+def test_magpie_personas_and_system_prompts_take_turns_and_are_kept(tmp_path, templates):
+    from generator.models import embedded_model_dir
+
+    personas = tmp_path / "personas.txt"
+    personas.write_text("# who asks\na beekeeper in Wales\n\n{\"persona\": \"a night-shift nurse\"}\n")
+    systems = tmp_path / "systems.jsonl"
+    systems.write_text('{"system_prompt": "You help with tax forms."}\n')
+    seen, writer = [], Script()
+
+    def script(kind, req):
+        if kind == "completion":
+            seen.append(req["prompt"])
+            return [writer._instruction() for _ in range(int(req.get("n") or 1))]
+        return "a short plain answer"
+
+    with FaultServer(script=script, root=str(embedded_model_dir())) as srv:
+        cfg = _cfg(tmp_path, srv.url, templates, mode="magpie", num_instructions=9, instructions_per_prompt=1,
+                   concurrency=1, personas=str(personas), system_prompts=str(systems))
+        generate(cfg)
+    # in turn, from the first request: the system prompt, then each persona in its sentence
+    assert "You help with tax forms." in seen[0] and "a beekeeper in Wales" in seen[1] and "a night-shift nurse" in seen[2]
+    assert "You help with tax forms." in seen[3]
+    recs = _rows(tmp_path / "run" / "data.jsonl")
+    assert {r.get("persona") for r in recs} == {None, "a beekeeper in Wales", "a night-shift nurse"}
+    for r in recs:
+        assert (r["system_prompt"] == "You help with tax forms.") == (r.get("persona") is None)
+        if r.get("persona"):
+            assert r["persona"] in r["system_prompt"]
+    _check_bookkeeping(tmp_path / "run")
+
+    personas.write_text("a beekeeper in Wales\n")  # the run read another file: resuming is refused
+    with FaultServer(script=script, root=str(embedded_model_dir())) as srv:
+        cfg.teacher_url, cfg.num_instructions = srv.url, 12
+        with pytest.raises(UserError, match="personas file"):
+            generate(cfg)
+
+
+@pytest.mark.parametrize("content, expect", [("\n# nothing\n", "no personas in the file"),
+                                             ('{"who": "x"}\n', "line 1: expected a 'persona' string field")])
+def test_bad_personas_file_is_a_clear_error(tmp_path, templates, content, expect):
+    personas = tmp_path / "p.txt"
+    personas.write_text(content)
+    with pytest.raises(UserError, match=expect):
+        generate(_cfg(tmp_path, "http://127.0.0.1:9/v1", templates, mode="magpie", personas=str(personas)))
+
+
+def test_personas_steer_magpie_only(tmp_path, templates):
+    with pytest.raises(UserError, match="steer --mode magpie"):
+        generate(_cfg(tmp_path, "http://127.0.0.1:9/v1", templates, personas="p.txt"))
+
+
 def test_magpie_without_a_readable_chat_template_is_a_clear_error(tmp_path, templates):
     with FaultServer(script=lambda kind, req: "x") as srv:
         with pytest.raises(UserError, match="magpie needs the teacher's chat template"):
