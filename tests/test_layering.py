@@ -45,7 +45,7 @@ def test_every_setting_of_every_stage_has_a_flag():
     import dataclasses
 
     from generator.gen_config import GenerateConfig
-    from generator.novelty import DedupConfig
+    from generator.dedup import DedupConfig
     from generator.score import ScoreRunConfig
     from generator.server import ServeConfig
     from trainer.cli import build_parser

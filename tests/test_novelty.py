@@ -13,7 +13,8 @@ from rouge_score import rouge_scorer
 
 from generator import novelty_kernel
 from generator.errors import UserError
-from generator.novelty import NoveltyPool, add_dedup_args, dedup_file, dedup_records, rouge_l
+from generator.dedup import add_dedup_args, dedup_file, dedup_records
+from generator.novelty import NoveltyPool, rouge_l
 
 SCORERS = {s: rouge_scorer.RougeScorer(["rougeL"], use_stemmer=s) for s in (False, True)}
 
@@ -366,7 +367,7 @@ def test_dedup_file_reports_bad_lines(tmp_path):
     src.write_text('{"prompt": "c d"}\n[1, 2]\n')
     with pytest.raises(UserError, match="line 2: expected a JSON object"):
         dedup_file(src, tmp_path / "out.jsonl", key="prompt")
-    with pytest.raises(UserError, match="not found"):
+    with pytest.raises(UserError, match="missing.jsonl: no such file"):
         dedup_file(tmp_path / "missing.jsonl", tmp_path / "out.jsonl")
     assert not (tmp_path / "out.jsonl").exists()
     with pytest.raises(UserError, match="record 2: no 'instruction' field"):

@@ -127,7 +127,7 @@ SUBCOMMANDS = {
     "demo": _lazy("demo", "trainer.demo", "add_demo_args"),
     "export": _lazy("export", "generator.export", "add_export_args"),
     "compare": _lazy("compare", "generator.export", "add_compare_args"),
-    "dedup": _lazy("dedup", "generator.novelty", "add_dedup_args"),
+    "dedup": _lazy("dedup", "generator.dedup", "add_dedup_args"),
     "score": _lazy("score", "generator.score", "add_score_args"),
     "report": _lazy("report", "trainer.report", "add_report_args"),
 }
