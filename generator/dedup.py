@@ -77,7 +77,7 @@ class DedupConfig:
 
 def add_dedup_args(p) -> None:
     """Arguments of `sprout dedup` on argparse parser `p`."""
-    p.add_argument("input", metavar="IN", help="JSONL dataset to read")
+    p.add_argument("input", metavar="IN", help="dataset to read: JSONL, JSON, CSV, parquet or a run / HF datasets folder")
     p.add_argument("output", metavar="OUT", help="JSONL file for the kept records")
     p.add_argument("--threshold", type=float, help="drop a record when ROUGE-L F > this (default 0.7)")
     p.add_argument("--key", help="field holding the text to compare (default instruction)")
