@@ -436,3 +436,38 @@ def test_served_student_without_template_gets_its_training_prompt(student_withou
         reply = httpx.post(f"{srv.base_url}/chat/completions", timeout=120, json={
             "model": "student", "messages": conv[:1], "max_tokens": 8, "temperature": 0}).json()
         assert reply["choices"][0]["message"]["content"] is not None
+
+
+def test_eval_hands_vllm_settings_to_the_server_it_starts(monkeypatch, tmp_path, embedded_model):
+    """--max-model-len and --vllm-arg reach the vLLM server eval starts (as sprout serve's would)."""
+    import argparse
+
+    from generator import server
+    from generator.config import load_config
+    from trainer.evaluate import EvalConfig, add_eval_args, evaluate
+
+    seen = {}
+
+    class Started(Exception):
+        pass
+
+    class FakeServer:
+        def __init__(self, cfg, *a, **kw):
+            seen["cfg"] = cfg
+
+        def __enter__(self):
+            raise Started
+
+        def __exit__(self, *exc):
+            return False
+
+    monkeypatch.setattr(server, "VLLMServer", FakeServer)
+    p = argparse.ArgumentParser()
+    add_eval_args(p)
+    args = p.parse_args(["--out", str(tmp_path / "e"), "--max-model-len", "4096",
+                         "--vllm-arg=--gpu-memory-utilization=0.5", "--vllm-arg=--tensor-parallel-size=2"])
+    cfg = load_config(EvalConfig, None, vars(args))
+    with pytest.raises(Started):
+        evaluate(cfg)
+    assert seen["cfg"].max_model_len == 4096
+    assert seen["cfg"].extra_args == ["--gpu-memory-utilization=0.5", "--tensor-parallel-size=2"]

@@ -22,7 +22,7 @@ import json
 import shutil
 import sys
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 # (full, --quick) sizes. --quick is a smoke run of the whole path (CI runs it; ~10 minutes on 2
@@ -63,6 +63,9 @@ class DemoConfig:
     max_length: int | None = None
     answer_tokens: int | None = None
     judge: bool = True  # the pairwise judge (secondary; flagged when uninformative)
+    # for the vLLM servers the demo starts (teacher, then eval): context length and pass-through arguments
+    max_model_len: int | None = None
+    vllm_args: list[str] = field(default_factory=list)
 
     def size(self, name: str) -> int | None:
         value = getattr(self, name)
@@ -114,7 +117,8 @@ def demo(cfg: DemoConfig) -> dict:
                          num_instructions=cfg.size("num_instructions"), teacher_url=cfg.teacher_url,
                          model=cfg.teacher_model, teacher_model=None, concurrency=64,
                          responses=cfg.size("responses"), constraints=CONSTRAINT_SHARE,
-                         decontaminate=[str(held_out)] if held_out.is_file() else [])
+                         decontaminate=[str(held_out)] if held_out.is_file() else [],
+                         max_model_len=cfg.max_model_len, vllm_args=list(cfg.vllm_args))
     gen_stats = generate(gen)
     times["generate_s"] = round(time.monotonic() - t, 1)
 
@@ -143,7 +147,8 @@ def demo(cfg: DemoConfig) -> dict:
         eval_summary = evaluate(EvalConfig(out=str(out / "eval"), model=cfg.student,
                                            adapter=str(train_dir / "adapter"), limit=cfg.size("eval_limit"),
                                            verifiable_limit=cfg.size("verifiable_limit"), judge=cfg.judge,
-                                           max_tokens=cfg.size("answer_tokens")))
+                                           max_tokens=cfg.size("answer_tokens"), max_model_len=cfg.max_model_len,
+                                           vllm_args=list(cfg.vllm_args)))
     times["eval_s"] = round(time.monotonic() - t, 1)
 
     t = _stage("4/4 report")
@@ -224,6 +229,9 @@ def add_demo_args(p) -> None:
         a("--" + name.replace("_", "-"), type=int,
           help=f"{helps[name]} (default {'all' if full is None else full}; --quick {quick})")
     a("--no-judge", dest="judge", action="store_false", default=None, help="skip the pairwise judge")
+    a("--max-model-len", type=int, help="context length of the vLLM servers the demo starts")
+    a("--vllm-arg", dest="vllm_args", action="append", metavar="ARG", help="argument for the vLLM servers the "
+      "demo starts (teacher and eval), e.g. --vllm-arg=--gpu-memory-utilization=0.5 (repeatable)")
     p.set_defaults(func=run_demo)
 
 

@@ -21,7 +21,7 @@ import asyncio
 import json
 import statistics
 import sys
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 from generator.errors import UserError
@@ -52,6 +52,9 @@ class EvalConfig:
     concurrency: int = 64
     train_data: str | None = None  # warn when it overlaps the eval set (default: the adapter's training data)
     loss: bool = True
+    # for the vLLM server eval starts: the context length, and arguments passed unchanged (as sprout serve's)
+    max_model_len: int | None = None
+    vllm_args: list[str] = field(default_factory=list)
 
 
 def load_eval_set(path: str | Path, limit: int | None = None) -> list[dict]:
@@ -358,7 +361,8 @@ def evaluate(cfg: EvalConfig) -> dict:
     items = [{**it, "messages": with_system_prompt(it["messages"], prompt["system_prompt"])} for it in items]
     vitems = [{**it, "messages": with_system_prompt(it["messages"], prompt["system_prompt"])} for it in vitems]
     serve = ServeConfig(model=cfg.model, port=free_port(), lora=[f"student={adapter}"] if adapter else [],
-                        extra_args=["--chat-template", str(prompt["template_file"])] if prompt["template_file"] else [])
+                        max_model_len=cfg.max_model_len, extra_args=[*cfg.vllm_args, *(
+                            ["--chat-template", str(prompt["template_file"])] if prompt["template_file"] else [])])
     print(f"answering {len(items)} items and {len(vitems)} verifiable prompts with base"
           f"{' and student' if adapter else ''} (vLLM)...", file=sys.stderr)
     with VLLMServer(serve) as srv:
@@ -543,6 +547,9 @@ def add_eval_args(p) -> None:
     a("--judge-template", help="Jinja judge prompt (default: prompts/judge.jinja)")
     a("--api-key-env")
     a("--limit", type=int, help="evaluate the first N items only")
+    a("--max-model-len", type=int, help="context length of the vLLM server eval starts (default: the model's own)")
+    a("--vllm-arg", dest="vllm_args", action="append", metavar="ARG", help="argument for the vLLM server eval "
+      "starts, e.g. --vllm-arg=--tensor-parallel-size=2 (repeatable)")
     a("--max-tokens", type=int, help="max tokens per answer (default 256)")
     a("--no-loss", dest="loss", action="store_false", default=None,
       help="skip the reference loss (it loads the model in this process)")
