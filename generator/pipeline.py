@@ -93,6 +93,12 @@ class Pipeline:
             self._steers = steering(cfg)
             self._magpie_prompts = {st["system_prompt"]: self.magpie_prompt(st["system_prompt"]) for st in self._steers}
             self._steer_next = 0
+            # Several steers share the target: fewer requests per sample batch, or the first reply
+            # (8 samples under one persona) fills a small target alone. Seen: 7 of 8 records from
+            # the first of 4 personas; with this cap each persona gets its share.
+            share = -(-cfg.num_instructions // len(self._steers))
+            self._magpie_n = cfg.instructions_per_prompt if len(self._steers) == 1 else \
+                max(1, min(cfg.instructions_per_prompt, share))
         self.started = time.monotonic()
         self.tokens_at_start = (client.usage.prompt_tokens, client.usage.completion_tokens)
         self._usage_mark = self._usage_now()
@@ -324,7 +330,7 @@ class Pipeline:
         self._steer_next += 1
         prompt, stops = self._magpie_prompts[steer["system_prompt"]]
         try:
-            out = await self._request_raw("magpie", prompt, n=self.cfg.instructions_per_prompt,
+            out = await self._request_raw("magpie", prompt, n=self._magpie_n,
                                           max_tokens=p["max_tokens"], temperature=p["temperature"],
                                           top_p=p["top_p"], stop=stops)
         finally:

@@ -521,6 +521,28 @@ def test_magpie_personas_and_system_prompts_take_turns_and_are_kept(tmp_path, te
             generate(cfg)
 
 
+def test_a_small_target_is_shared_by_every_persona(tmp_path, templates):
+    from collections import Counter
+
+    from generator.models import embedded_model_dir
+
+    personas = tmp_path / "personas.txt"
+    personas.write_text("a beekeeper\na nurse\na baker\na teacher\n")
+    writer, sizes = Script(), []
+
+    def script(kind, req):
+        if kind == "completion":
+            sizes.append(int(req.get("n") or 1))
+            return [writer._instruction() for _ in range(sizes[-1])]
+        return "a short plain answer"
+
+    with FaultServer(script=script, root=str(embedded_model_dir())) as srv:
+        generate(_cfg(tmp_path, srv.url, templates, mode="magpie", num_instructions=8, personas=str(personas)))
+    assert max(sizes) == 2  # 8 instructions over 4 personas: 2 samples a request, not 8
+    counts = Counter(r["persona"] for r in _rows(tmp_path / "run" / "data.jsonl"))
+    assert len(counts) == 4 and max(counts.values()) <= 3
+
+
 @pytest.mark.parametrize("content, expect", [("\n# nothing\n", "no personas in the file"),
                                              ('{"who": "x"}\n', "line 1: expected a 'persona' string field")])
 def test_bad_personas_file_is_a_clear_error(tmp_path, templates, content, expect):
