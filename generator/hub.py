@@ -14,11 +14,9 @@ folder with huggingface_hub (a token from `hf auth login` or HF_TOKEN)."""
 from __future__ import annotations
 
 import hashlib
-import json
 import shutil
 from pathlib import Path
 
-from generator import record
 from generator.errors import UserError
 
 SIZE_CATEGORIES = ((1_000, "n<1K"), (10_000, "1K<n<10K"), (100_000, "10K<n<100K"), (1_000_000, "100K<n<1M"),
@@ -39,10 +37,10 @@ def split_of(rec: dict, test_fraction: float) -> str:
 def hub_row(rec: dict, score_keys: list[str]) -> dict:
     """One record in the default config: Alpaca columns, the same example as chat `messages`, and
     the selected response's scores (one struct field per scorer the run used; null where absent)."""
+    from generator.export import to_alpaca, to_messages
+
     scores = rec.get("scores") or {}
-    return {"id": str(rec.get("id", "")), "instruction": rec["instruction"], "input": rec.get("input", ""),
-            "output": rec["output"],
-            "messages": record.to_messages(rec["instruction"], rec.get("input", ""), rec["output"]),
+    return {**to_alpaca(rec), "id": str(rec.get("id", "")), "messages": to_messages(rec)["messages"],
             "is_classification": bool(rec.get("is_classification")),
             "constraints": [str(c.get("text", "")) for c in rec.get("constraints") or [] if isinstance(c, dict)],
             "scores": {k: (float(scores[k]) if isinstance(scores.get(k), (int, float)) else None) for k in score_keys}}
@@ -120,18 +118,11 @@ def export_hub(run: str, out: str, test_fraction: float = 0.0, license: str | No
 
 def _run_files(run: Path) -> tuple[dict, dict]:
     """(config.yaml, stats.json) of the run, {} where missing or unreadable."""
-    import yaml
+    from generator.runs import read_config, read_json_object
 
     folder = run if run.is_dir() else run.parent
-    try:
-        saved = yaml.safe_load((folder / "config.yaml").read_text(encoding="utf-8")) or {}
-    except (OSError, yaml.YAMLError):
-        saved = {}
-    try:
-        stats = json.loads((folder / "stats.json").read_text(encoding="utf-8"))
-    except (OSError, ValueError):
-        stats = {}
-    return (saved if isinstance(saved, dict) else {}), (stats if isinstance(stats, dict) else {})
+    saved = read_config(folder / "config.yaml") if (folder / "config.yaml").is_file() else None
+    return saved or {}, read_json_object(folder / "stats.json")
 
 
 def _yaml_header(name: str, configs: dict, total: int, mode: str, license: str | None) -> str:

@@ -203,12 +203,12 @@ class NoveltyPool:
         if got is None or len(got[0]) <= self._maxlen:
             never, h, r = 1 << 30, self._half, self._ratio
             need_m = max(1, int(r * m) + 1)
-            req = [max(1, int(h * (m + n)) + 1 - max(need_m, int(r * n) + 1) + 1)
-                   if r * m < n and n * r < m else never for n in range(self._maxlen + 1)]
+            need_mn = [int(h * (m + n)) + 1 for n in range(self._maxlen + 1)]
+            req = [max(1, v - max(need_m, int(r * n) + 1) + 1) if r * m < n and n * r < m else never
+                   for n, v in enumerate(need_mn)]
             if len(self._req) * len(req) > 1 << 22:  # bounded memory even for very long texts
                 self._req.clear()
             # no LCS can pass where it would have to exceed the shorter text: a sentinel above m
-            need_mn = [int(h * (m + n)) + 1 for n in range(self._maxlen + 1)]
             low = np.array([v if v <= min(m, n) else 1 << 20 for n, v in enumerate(need_mn)], dtype=np.int64)
             got = self._req[m] = (req, np.array(req), low)
         return got

@@ -146,7 +146,7 @@ def file_sha256(path: str | Path) -> str:
     return hashlib.sha256(Path(path).read_bytes()).hexdigest()
 
 
-def _read_config(path: Path) -> dict | None:
+def read_config(path: Path) -> dict | None:
     """config.yaml as a mapping, or None when it is damaged (empty, garbage, not ours)."""
     try:
         old = yaml.safe_load(path.read_text(encoding="utf-8"))
@@ -155,7 +155,7 @@ def _read_config(path: Path) -> dict | None:
     return old if isinstance(old, dict) and isinstance(old.get("config"), dict) else None
 
 
-def _read_json_object(path: Path) -> dict:
+def read_json_object(path: Path) -> dict:
     try:
         value = json.loads(path.read_text(encoding="utf-8"))
     except (OSError, ValueError):  # missing or damaged: stats are rebuilt from the files
@@ -220,7 +220,7 @@ class RunDir:
             raise UserError(f"{self.data_path} exists but {self.path} is not a Sprout run (no config.yaml); "
                             "choose a new --out (a folder) for the run")
         if self.config_path.exists():
-            old = _read_config(self.config_path)
+            old = read_config(self.config_path)
             if old is None and not force:
                 raise UserError(f"{self.config_path} is damaged (not a Sprout run config); pass --force to "
                                 "rewrite it with the current settings and resume, or choose a new --out")
@@ -238,7 +238,7 @@ class RunDir:
             if changed and not force and _has_records(self.data_path):
                 raise UserError(f"{self.path} holds a run with different settings ({', '.join(sorted(changed))}); "
                                 "pass --force to continue it with the new ones, or choose a new --out")
-            self.previous_stats = _read_json_object(self.stats_path)
+            self.previous_stats = read_json_object(self.stats_path)
         else:
             self.run_id = uuid.uuid4().hex[:12]
         self._repair_and_load()

@@ -88,20 +88,16 @@ def cmd_serve(args) -> int:
 
 
 def _student_chat_template(cfg) -> None:
-    """A LoRA student trained on the Alpaca prompt (its base has no chat template) carries that
-    prompt as a chat template: serve it as vLLM's template, so chat requests see the training
-    prompt. Base-model requests get it too (vLLM has one template per server)."""
+    """A LoRA student trained on the Alpaca prompt carries it as a chat template: serve it as
+    vLLM's (trainer.format.chat_template_args), unless the user chose one."""
     from generator.server import parse_lora
-    from trainer.format import read_prompt_format
+    from trainer.format import chat_template_args
 
     if any(a.split("=", 1)[0] == "--chat-template" for a in cfg.extra_args):
-        return  # the user chose one
-    files = {str(read_prompt_format(path)["template_file"]) for _, path, _ in parse_lora(cfg.lora)} - {"None"}
-    if len(files) > 1:
-        raise UserError("--lora: these adapters were trained with different Alpaca prompts (different "
-                        "--system-prompt); serve them separately, or pass one with -- --chat-template FILE")
-    if files:
-        cfg.extra_args = [*cfg.extra_args, "--chat-template", files.pop()]
+        return
+    args = chat_template_args(path for _, path, _ in parse_lora(cfg.lora))
+    if args:
+        cfg.extra_args = [*cfg.extra_args, *args]
         print("serving the adapter's training prompt as the chat template (its base model has none)",
               file=sys.stderr, flush=True)
 

@@ -334,7 +334,7 @@ def evaluate(cfg: EvalConfig) -> dict:
     from generator.resources import data_dir
     from generator.redact import redact_url
     from generator.server import ServeConfig, VLLMServer, free_port
-    from trainer.format import read_prompt_format, with_system_prompt
+    from trainer.format import chat_template_args, read_prompt_format, with_system_prompt
     from trainer.judge import summarize
 
     if not cfg.out:
@@ -361,8 +361,8 @@ def evaluate(cfg: EvalConfig) -> dict:
     items = [{**it, "messages": with_system_prompt(it["messages"], prompt["system_prompt"])} for it in items]
     vitems = [{**it, "messages": with_system_prompt(it["messages"], prompt["system_prompt"])} for it in vitems]
     serve = ServeConfig(model=cfg.model, port=free_port(), lora=[f"student={adapter}"] if adapter else [],
-                        max_model_len=cfg.max_model_len, extra_args=[*cfg.vllm_args, *(
-                            ["--chat-template", str(prompt["template_file"])] if prompt["template_file"] else [])])
+                        max_model_len=cfg.max_model_len,
+                        extra_args=[*cfg.vllm_args, *chat_template_args([adapter] if adapter else [])])
     print(f"answering {len(items)} items and {len(vitems)} verifiable prompts with base"
           f"{' and student' if adapter else ''} (vLLM)...", file=sys.stderr)
     with VLLMServer(serve) as srv:

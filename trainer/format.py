@@ -89,6 +89,17 @@ def read_prompt_format(folder: Path) -> dict:
             "template_file": template_file if alpaca else None}
 
 
+def chat_template_args(adapters) -> list[str]:
+    """vLLM arguments that serve the training prompt of adapters trained on the Alpaca prompt
+    (their base has no chat template): ["--chat-template", FILE], or [] when none needs it. vLLM has
+    one template per server, so base-model requests get it too."""
+    files = {str(f) for a in adapters if (f := read_prompt_format(a)["template_file"])}
+    if len(files) > 1:
+        raise UserError("--lora: these adapters were trained with different Alpaca prompts (different "
+                        "--system-prompt); serve them separately, or pass one with -- --chat-template FILE")
+    return ["--chat-template", files.pop()] if files else []
+
+
 def with_system_prompt(messages: list[dict], system_prompt: str | None) -> list[dict]:
     """The conversation as training saw it: the system prompt first, unless it has its own."""
     if system_prompt and (not messages or messages[0]["role"] != "system"):

@@ -142,6 +142,8 @@ def run_fingerprint(cfg: TrainConfig, model_path: str, train_ex: list, eval_ex: 
     import hashlib
     import json
 
+    from generator.runs import file_sha256
+
     def plain(x):
         if dataclasses.is_dataclass(x):
             return {f.name: plain(getattr(x, f.name)) for f in dataclasses.fields(x) if f.name != "where"}
@@ -155,7 +157,7 @@ def run_fingerprint(cfg: TrainConfig, model_path: str, train_ex: list, eval_ex: 
 
     init = Path(cfg.init_adapter).expanduser() / "adapter_model.safetensors" if cfg.init_adapter else None
     return {"settings": {k: getattr(cfg, k) for k in RUN_SETTINGS}, "model": str(model_path),
-            "init_adapter": hashlib.sha256(init.read_bytes()).hexdigest() if init and init.is_file() else None,
+            "init_adapter": file_sha256(init) if init and init.is_file() else None,
             "train_examples": digest(train_ex), "eval_examples": digest(eval_ex)}
 
 
