@@ -48,3 +48,17 @@ def test_demo_quick(tmp_path, capsys):
     before = (out / "data" / "data.jsonl").read_text()
     assert main(["demo", "--quick", "--out", str(out)]) == 0
     assert (out / "data" / "data.jsonl").read_text() == before
+    # --dpo on the finished run adds only its stages: pairs from the candidates, DPO from the SFT
+    # adapter (its reference), a second eval; base / SFT / SFT+DPO side by side
+    assert main(["demo", "--quick", "--dpo", "--out", str(out)]) == 0
+    printed = capsys.readouterr().out
+    assert (out / "data" / "data.jsonl").read_text() == before
+    summary = json.loads((out / "demo_summary.json").read_text())
+    d = summary["dpo"]
+    assert d["pairs"] >= 4 and (out / "dpo" / "adapter" / "adapter_model.safetensors").is_file()
+    assert json.loads((out / "dpo" / "summary.json").read_text())["init_adapter"] == str(out / "train" / "adapter")
+    assert set(d["verifiable"]) >= {"base", "sft", "dpo", "diff"} and d["verifiable"]["items"] == 24
+    assert d["verifiable"]["sft"] == summary["verifiable_student"]
+    assert f"DPO on {d['pairs']} preference pairs" in printed and "SFT+DPO" in printed
+    dpo_rows = [json.loads(x) for x in (out / "eval-dpo" / "verifiable.jsonl").read_text().splitlines()]
+    assert sum(r["answers"]["student"] != s["answers"]["student"] for r, s in zip(dpo_rows, vrows)) >= 1

@@ -471,3 +471,24 @@ def test_eval_hands_vllm_settings_to_the_server_it_starts(monkeypatch, tmp_path,
         evaluate(cfg)
     assert seen["cfg"].max_model_len == 4096
     assert seen["cfg"].extra_args == ["--gpu-memory-utilization=0.5", "--tensor-parallel-size=2"]
+
+
+def test_demo_three_way_joins_two_evals_and_compares_dpo_with_sft(tmp_path):
+    """`sprout demo --dpo`: base / SFT from the SFT eval, SFT+DPO from the second eval, matched by
+    prompt id; the difference is DPO minus SFT (not minus base), paired."""
+    from trainer.demo import _dpo_lines, three_way
+
+    items = load_verifiable_set(FIXTURE)
+    # the DPO student answers like the base on every prompt: DPO - SFT = base - student
+    sft = score_verifiable(items, FAKE_ANSWERS)
+    dpo = score_verifiable(items, {"base": FAKE_ANSWERS["base"], "student": FAKE_ANSWERS["base"]})
+    (tmp_path / "sft.jsonl").write_text("".join(json.dumps(r) + "\n" for r in sft))
+    (tmp_path / "dpo.jsonl").write_text("".join(json.dumps(r) + "\n" for r in reversed(dpo[1:])))  # order, a gap
+    v = three_way(tmp_path / "sft.jsonl", tmp_path / "dpo.jsonl")
+    assert v["items"] == 4 and set(v["by_type_strict"]["no_commas"]) == {"constraints", "base", "sft", "dpo"}
+    assert v["dpo"] == v["base"] and v["sft"]["prompt_strict"] == 0.75
+    # prompts 2-5: SFT meets every prompt but one, DPO (= base) only prompt 3
+    assert v["diff"]["prompt_strict"]["mean"] == round(v["dpo"]["prompt_strict"] - v["sft"]["prompt_strict"], 4) < 0
+    line = _dpo_lines({"pairs": 7, "verifiable": v, "eval_reward_accuracy": 0.5})
+    assert "DPO on 7 preference pairs (held-out reward accuracy 0.50)" in line and "DPO-SFT -0.500" in line
+    assert "not run (no preference pairs" in _dpo_lines({"pairs": 0, "note": "no preference pairs (x)"})

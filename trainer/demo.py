@@ -3,6 +3,12 @@
     seeds -> sprout generate (vLLM teacher) -> data.jsonl -> sprout train (LoRA) -> adapter
           -> sprout eval (base vs student on held-out items) -> sprout report (one HTML file)
 
+With `--dpo`, a third stage after SFT: the run's scored candidates become preference pairs
+(`sprout export --format preference`: the selected answer against a failed or lower-scored one),
+`sprout train --method dpo` continues from the SFT adapter (which is also DPO's reference), and a
+second eval answers the same held-out prompts with the DPO adapter, so base / SFT / SFT+DPO pass
+rates sit side by side with a paired interval for DPO against SFT.
+
 The path is the one that gets usable data out of a weak teacher: every instruction answered in
 chat form N times, most of them with verifiable constraints appended, only answers that pass
 every check kept (best-of-N rejection sampling). The headline is what a program can check: the
@@ -36,7 +42,9 @@ SIZES = {
     "verifiable_limit": (None, 24),  # held-out verifiable prompts; full: all of them
     "max_length": (512, 256),
     "answer_tokens": (256, 128),
+    "dpo_epochs": (2, 2),  # --dpo only; quick: 2 epochs of ~7 pairs = a few steps
 }
+DPO_LR = 5e-5  # LoRA DPO: ten times below SFT's (DPO moves a policy that is already good; TRL's LoRA examples use 5e-6..5e-5)
 CONSTRAINT_SHARE = 0.8  # most demo instructions carry a checkable constraint: the headline measures them
 
 
@@ -63,6 +71,8 @@ class DemoConfig:
     max_length: int | None = None
     answer_tokens: int | None = None
     judge: bool = True  # the pairwise judge (secondary; flagged when uninformative)
+    dpo: bool = False  # add DPO on the run's preference pairs after SFT, evaluated beside it
+    dpo_epochs: int | None = None
     # for the vLLM servers the demo starts (teacher, then eval): context length and pass-through arguments
     max_model_len: int | None = None
     vllm_args: list[str] = field(default_factory=list)
@@ -108,8 +118,9 @@ def demo(cfg: DemoConfig) -> dict:
     out = Path(cfg.out)
     prepare_out(out, cfg.fresh)
     times = {}
+    n_stages = 6 if cfg.dpo else 4
 
-    t = _stage(f"1/4 generate {cfg.size('num_instructions')} instructions ({cfg.mode})")
+    t = _stage(f"1/{n_stages} generate {cfg.size('num_instructions')} instructions ({cfg.mode})")
     from generator.resources import data_dir
 
     held_out = data_dir("seeds") / "verifiable_eval.jsonl"
@@ -124,7 +135,7 @@ def demo(cfg: DemoConfig) -> dict:
 
     steps = cfg.size("max_steps")
     length = f"{steps} steps" if steps else f"{cfg.size('epochs')} epochs"
-    t = _stage(f"2/4 train a LoRA adapter ({length})")
+    t = _stage(f"2/{n_stages} train a LoRA adapter ({length})")
     train_dir = out / "train"
     if (train_dir / "summary.json").is_file() and (train_dir / "adapter" / "adapter_config.json").is_file():
         print(f"{train_dir} already trained; skipping (--fresh to redo)", file=sys.stderr)
@@ -139,7 +150,14 @@ def demo(cfg: DemoConfig) -> dict:
                                           save_every=0, lr=5e-4, overwrite=True))
     times["train_s"] = round(time.monotonic() - t, 1)
 
-    t = _stage(f"3/4 evaluate base vs student on {cfg.size('eval_limit')} held-out items")
+    dpo = None
+    if cfg.dpo:
+        t = _stage(f"3/{n_stages} DPO on the run's preference pairs, from the SFT adapter")
+        dpo = _dpo_stage(cfg, out, train_dir)
+        times["dpo_s"] = round(time.monotonic() - t, 1)
+
+    t = _stage(f"{3 + bool(cfg.dpo)}/{n_stages} evaluate base vs student on {cfg.size('eval_limit')} "
+               "held-out items")
     if (out / "eval" / "summary.json").is_file() and not trained_now:
         print(f"{out / 'eval'} already evaluated; skipping (--fresh to redo)", file=sys.stderr)
         eval_summary = json.loads((out / "eval" / "summary.json").read_text())
@@ -151,7 +169,20 @@ def demo(cfg: DemoConfig) -> dict:
                                            vllm_args=list(cfg.vllm_args)))
     times["eval_s"] = round(time.monotonic() - t, 1)
 
-    t = _stage("4/4 report")
+    if dpo is not None and dpo["summary"] is not None:
+        t = _stage(f"{n_stages - 1}/{n_stages} evaluate base vs SFT+DPO on the same held-out prompts")
+        eval_dpo = out / "eval-dpo"
+        if (eval_dpo / "summary.json").is_file() and not dpo["trained_now"]:
+            print(f"{eval_dpo} already evaluated; skipping (--fresh to redo)", file=sys.stderr)
+        else:
+            evaluate(EvalConfig(out=str(eval_dpo), model=cfg.student, adapter=str(out / "dpo" / "adapter"),
+                                limit=cfg.size("eval_limit"), verifiable_limit=cfg.size("verifiable_limit"),
+                                judge=False, max_tokens=cfg.size("answer_tokens"), max_model_len=cfg.max_model_len,
+                                vllm_args=list(cfg.vllm_args)))
+        dpo["verifiable"] = three_way(out / "eval" / "verifiable.jsonl", eval_dpo / "verifiable.jsonl")
+        times["eval_dpo_s"] = round(time.monotonic() - t, 1)
+
+    t = _stage(f"{n_stages}/{n_stages} report")
     from trainer.report import write_report
 
     report = write_report(str(out / "data"), str(train_dir), str(out / "eval"), str(out / "report.html"))
@@ -171,6 +202,12 @@ def demo(cfg: DemoConfig) -> dict:
         "win_rate": eval_summary.get("win_rate"), "win_rate_ci95": eval_summary.get("win_rate_ci95"),
         **times,
     }
+    if dpo is not None:
+        headline["dpo"] = {"pairs": dpo["pairs"], "skipped": dpo["skipped"], "note": dpo["note"],
+                           "final_loss": (dpo["summary"] or {}).get("final_loss"),
+                           "train_reward_accuracy": (dpo["summary"] or {}).get("final_reward_accuracy"),
+                           "eval_reward_accuracy": _last_eval(out / "dpo", "eval_reward_accuracy"),
+                           "verifiable": dpo.get("verifiable")}
     (out / "demo_summary.json").write_text(json.dumps(headline, indent=2))
     print(f"""
 Sprout demo finished in {sum(times.values()):.0f} s
@@ -180,7 +217,7 @@ Sprout demo finished in {sum(times.values()):.0f} s
   training     {train_dir / 'metrics.jsonl'}, {train_dir / 'loss.png'}
   evaluation   {out / 'eval' / 'summary.json'}, {out / 'eval' / 'report.md'}, {out / 'eval' / 'results.jsonl'}
   report       {report}
-  {_headline_line(headline)}
+  {_headline_line(headline)}{_dpo_lines(headline.get("dpo"))}
   reference loss on held-out answers: base {headline['base_reference_loss']} -> student {headline['student_reference_loss']}
   {_judge_line(headline)}""")
     return headline
@@ -199,6 +236,73 @@ def _headline_line(h: dict) -> str:
         line += (f"\n  ({h['verifiable_items']} prompts and a tiny training set: a smoke run, not a measurement -- "
                  "the interval shows how little it can tell; run without --quick to measure the gain)")
     return line
+
+
+def _dpo_stage(cfg: DemoConfig, out: Path, train_dir: Path) -> dict:
+    """Preference pairs from the run's candidates, then LoRA DPO from the SFT adapter. A run with no
+    pair (every instruction had one answer, or all its answers scored alike) skips DPO and says why."""
+    from generator.errors import UserError
+    from generator.export import export_preference
+    from trainer.config import TrainConfig
+    from trainer.train import train
+
+    pairs_path, dpo_dir = out / "preference.jsonl", out / "dpo"
+    try:
+        n, skipped = export_preference(str(out / "data"), "preference", str(pairs_path))
+    except UserError as e:
+        print(f"DPO skipped: {e}", file=sys.stderr)
+        return {"pairs": 0, "skipped": None, "note": str(e), "summary": None, "trained_now": False}
+    print(f"{n} preference pairs -> {pairs_path} (records without a pair: {skipped or 'none'})", file=sys.stderr)
+    if (dpo_dir / "summary.json").is_file() and (dpo_dir / "adapter" / "adapter_config.json").is_file():
+        print(f"{dpo_dir} already trained; skipping (--fresh to redo)", file=sys.stderr)
+        return {"pairs": n, "skipped": skipped, "note": None, "trained_now": False,
+                "summary": json.loads((dpo_dir / "summary.json").read_text())}
+    summary = train(TrainConfig(data=str(pairs_path), out=str(dpo_dir), model=cfg.student, method="dpo",
+                                init_adapter=str(train_dir / "adapter"), epochs=cfg.size("dpo_epochs"),
+                                max_length=cfg.size("max_length"), batch_size=4, eval_fraction=0.1, eval_every=0,
+                                save_every=0, lr=DPO_LR, overwrite=True))
+    return {"pairs": n, "skipped": skipped, "note": None, "summary": summary, "trained_now": True}
+
+
+def _last_eval(train_dir: Path, key: str):
+    from trainer.metrics import read_metrics
+
+    path = train_dir / "metrics.jsonl"
+    values = [r[key] for r in read_metrics(path) if key in r] if path.is_file() else []
+    return values[-1] if values else None
+
+
+def three_way(sft_rows: Path, dpo_rows: Path) -> dict:
+    """Base / SFT / SFT+DPO pass rates on the prompts both evals answered, and DPO minus SFT with a
+    paired interval. The base answers are the SFT eval's (both evals answer greedily; the demo's
+    resumed quick run gave the same 24 base answers in both)."""
+    from generator.rows import read_rows
+    from trainer.evaluate import summarize_verifiable
+
+    dpo = {r["id"]: r for _, r in read_rows(dpo_rows)}
+    rows = []
+    for _, r in read_rows(sft_rows):
+        d = dpo.get(r["id"])
+        if d is None:
+            continue
+        rows.append({**r, **{k: {"base": r[k]["base"], "sft": r[k]["student"], "dpo": d[k]["student"]}
+                             for k in ("answers", "strict", "loose")}})
+    return summarize_verifiable(rows, compare=("sft", "dpo")) if rows else {}
+
+
+def _dpo_lines(d: dict | None) -> str:
+    if d is None:
+        return ""
+    if not d.get("pairs") or not d.get("verifiable"):
+        return f"\n  DPO: not run ({d.get('note') or 'no result'})"
+    v = d["verifiable"]
+    rates = ", ".join(f"{name}-level base {v['base'][key]:.3f} / SFT {v['sft'][key]:.3f} / SFT+DPO {v['dpo'][key]:.3f} "
+                      f"(DPO-SFT {v['diff'][key]['mean']:+.3f}, 95% CI {v['diff'][key]['ci95'][0]:+.3f}.."
+                      f"{v['diff'][key]['ci95'][1]:+.3f})"
+                      for name, key in (("constraint", "constraint_strict"), ("prompt", "prompt_strict")))
+    acc = d.get("eval_reward_accuracy")
+    return (f"\n  DPO on {d['pairs']} preference pairs (held-out reward accuracy "
+            f"{'n/a' if acc is None else f'{acc:.2f}'}): {rates}")
 
 
 def _judge_line(h: dict) -> str:
@@ -224,11 +328,14 @@ def add_demo_args(p) -> None:
     helps = {"num_instructions": "instructions to generate", "responses": "samples per instruction for best-of-N",
              "epochs": "training epochs", "max_steps": "training steps (full: whole epochs)",
              "eval_limit": "reference-answer eval items", "verifiable_limit": "held-out verifiable prompts (full: all)",
-             "max_length": "training sequence length", "answer_tokens": "max tokens of each eval answer"}
+             "max_length": "training sequence length", "answer_tokens": "max tokens of each eval answer",
+             "dpo_epochs": "DPO epochs over the preference pairs (with --dpo)"}
     for name, (full, quick) in SIZES.items():  # defaults shown from SIZES: help cannot drift from them
         a("--" + name.replace("_", "-"), type=int,
           help=f"{helps[name]} (default {'all' if full is None else full}; --quick {quick})")
     a("--no-judge", dest="judge", action="store_false", default=None, help="skip the pairwise judge")
+    a("--dpo", action="store_true", default=None, help="add DPO after SFT: preference pairs from the run's scored "
+      "candidates, LoRA DPO from the SFT adapter, and base / SFT / SFT+DPO pass rates side by side")
     a("--max-model-len", type=int, help="context length of the vLLM servers the demo starts")
     a("--vllm-arg", dest="vllm_args", action="append", metavar="ARG", help="argument for the vLLM servers the "
       "demo starts (teacher and eval), e.g. --vllm-arg=--gpu-memory-utilization=0.5 (repeatable)")

@@ -146,8 +146,9 @@ def score_verifiable(items: list[dict], answers: dict[str, list[str]]) -> list[d
     return rows
 
 
-def summarize_verifiable(rows: list[dict]) -> dict:
-    """Accuracies per model, and student minus base with paired bootstrap 95% intervals.
+def summarize_verifiable(rows: list[dict], compare: tuple[str, str] = ("base", "student")) -> dict:
+    """Accuracies per model, and `compare[1]` minus `compare[0]` (student minus base) with paired
+    bootstrap 95% intervals.
 
     prompt-level: share of prompts whose answer met every constraint; constraint-level: share of
     all constraints met, pooled over prompts (a prompt with three constraints counts three times).
@@ -166,11 +167,11 @@ def summarize_verifiable(rows: list[dict]) -> dict:
         out[m] = {f"{level}_{mode}": round(sum(per_prompt(m, mode, level)) / (len(rows) if level == "prompt"
                                                                            else sum(counts)), 4)
                   for level, mode in (k.split("_") for k in VERIFIABLE_KEYS)}
-    if "base" in models and "student" in models:
+    if set(compare) <= set(models):
         out["diff"] = {}
         for key in VERIFIABLE_KEYS:
             level, mode = key.split("_")
-            out["diff"][key] = paired_bootstrap(per_prompt("base", mode, level), per_prompt("student", mode, level),
+            out["diff"][key] = paired_bootstrap(per_prompt(compare[0], mode, level), per_prompt(compare[1], mode, level),
                                                 None if level == "prompt" else counts)
     by_type: dict[str, dict] = {}
     for r in rows:
