@@ -44,11 +44,15 @@ def load_run_records(run: str | Path) -> list[dict]:
 
 
 def to_alpaca(rec: dict) -> dict:
+    """Alpaca columns: a multi-turn record's first turn (Alpaca has no room for more)."""
     return {"id": rec.get("id", ""), "instruction": rec["instruction"], "input": rec.get("input", ""),
             "output": rec["output"]}
 
 
 def to_messages(rec: dict) -> dict:
+    """Chat messages: the whole conversation of a multi-turn record, else its one turn."""
+    if isinstance(rec.get("messages"), list):
+        return {"id": rec.get("id", ""), "messages": rec["messages"]}
     return {"id": rec.get("id", ""), "messages": record.to_messages(rec["instruction"], rec.get("input", ""),
                                                                     rec["output"])}
 

@@ -79,6 +79,7 @@ class GenerateConfig:
     response_temperature: float = 0.8
     response_top_p: float = 0.95
     response_max_tokens: int = 384
+    turns: str = "1"  # assistant turns per conversation: K or a range A-B (generator/conversation.py)
     constraints: float = 0.3  # share of instructions given 1..max_constraints verifiable constraints
     max_constraints: int = 2
     # scoring (generator.scoring.ScoreConfig): checks always run; verifiers, judge, reward on demand
@@ -142,6 +143,13 @@ class GenerateConfig:
             raise UserError(f"--constraints {self.constraints}: a share between 0 and 1")
         if self.constraints > 0 and self.responses == 0:
             raise UserError("--constraints needs --responses N > 0: constrained instructions are answered again")
+        from generator.conversation import parse_turns
+
+        if parse_turns(self.turns)[1] > 1:
+            if self.responses < 1:
+                raise UserError("--turns above 1 needs --responses N >= 1: every assistant turn is sampled and scored")
+            if self.api != "chat":
+                raise UserError("--turns above 1 needs --api chat: a conversation is sent as chat messages")
         if self.max_constraints < 1:
             raise UserError("--max-constraints must be at least 1")
         if self.response_max_tokens < 16:

@@ -76,6 +76,9 @@ def add_generate_args(p) -> None:
     a("--constraints", type=float, help="share of instructions given verifiable constraints that a response "
       "must meet to be kept (default 0.3; see docs/verifiers.md)")
     a("--max-constraints", type=int, help="most constraints added to one instruction (default 2)")
+    a("--turns", help="assistant turns per conversation: K, or a range A-B drawn per conversation (default 1); "
+      "above 1 the teacher, playing the user, follows up on each kept answer and every turn is scored like the "
+      "first; records then carry `messages`")
     add_scoring_flags(p, judge_default="default: the teacher")
     a("--tokenizer", choices=["rouge", "unicode"], help="ROUGE-L words for novelty and decontamination: rouge "
       "(rouge-score's, English; default) or unicode (words of any script, each CJK character a word)")

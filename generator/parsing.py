@@ -372,6 +372,7 @@ STAGE_PARSERS = {
     "instances_input_first": {"instances", "labeled_instances"},
     "instances_output_first": {"instances", "labeled_instances"},
     "respond": {"response"},
+    "followup": {"response"},
     "rate": {"rating"},
     "judge": {"judge_verdict"},
 }

@@ -32,8 +32,10 @@ import time
 import uuid
 from collections import Counter
 
+from generator import conversation
 from generator.budget import ContextBudget
 from generator.client import BadRequest, Completion, TeacherClient
+from generator.conversation import parse_turns
 from generator.filters import FilterConfig, InstructionFilter, clean_instances
 from generator.gen_config import MODE_DEFAULTS, GenerateConfig
 from generator.novelty import NoveltyPool
@@ -87,6 +89,8 @@ class Pipeline:
         self.awaiting = 0  # units whose first reply has not come back
         self.replies = self.admitted = self.finished = 0  # for the expected yield of a unit
         self.candidates = self.passing = self.constrained_candidates = self.constrained_passing = 0
+        self.turns = parse_turns(cfg.turns)  # (fewest, most) assistant turns per conversation
+        self.turn_counts = Counter(r.get("num_turns", 1) for r in run.records)  # records by assistant turns
         if cfg.mode == "magpie":  # one pre-query per system turn, rendered once
             from generator.gen_config import steering
 
@@ -423,7 +427,22 @@ class Pipeline:
         if not good:
             return self._drop(iid, instruction, "no_valid_response")
         prov = {**prov, "templates": {**prov["templates"], "respond": self._tmpl_info(self.templates["respond"])}}
+        if self.turns[1] > 1:  # grow each kept answer into a conversation (generator/conversation.py)
+            await asyncio.gather(*[self._converse(full, inst, prov.get("persona")) for inst in good])
+            prov["templates"]["followup"] = self._tmpl_info(self.templates["followup"])
         self._accept(iid, full, instruction, good, False, similar, prov, out, constraints)
+
+    async def _converse(self, instruction: str, inst: dict, persona: str | None) -> None:
+        """Extend one kept first turn to the drawn number of assistant turns, in place."""
+        turns = self.rng.randint(*self.turns)
+        inst["num_turns"] = 1
+        if turns > 1:
+            first = [{"role": "user", "content": user_turn(instruction, inst["input"])},
+                     {"role": "assistant", "content": inst["output"]}]
+            messages, details = await conversation.extend(self, first, turns, persona)
+            inst["num_turns"] = 1 + len(details)
+            if details:
+                inst["messages"], inst["turns"] = messages, details
 
     async def _respond(self, instruction: str, inp: str, constraints: list[dict]):
         """(candidates, index kept or None, rejection reason, response sampling settings)."""
@@ -496,9 +515,11 @@ class Pipeline:
         }
         records: list[Record] = [{"id": f"{iid}-{i}", "instruction": instruction, "input": inst["input"],
                     "output": inst["output"], "instance_index": i, **common,
-                    **{k: inst[k] for k in ("scores", "selected", "candidates", "response") if k in inst}}
+                    **{k: inst[k] for k in ("scores", "selected", "candidates", "response", "num_turns", "messages",
+                                            "turns") if k in inst}}
                    for i, inst in enumerate(instances)]
         self.run.write_group(records)
+        self.turn_counts.update(r.get("num_turns", 1) for r in records)
         self.flush_usage()
         self.kept += 1
         if self.progress:
@@ -550,6 +571,9 @@ class Pipeline:
                           "constrained_candidates": self.constrained_candidates,
                           "constraint_pass_rate": round(self.constrained_passing / self.constrained_candidates, 4)
                           if self.constrained_candidates else None},
+            **({"conversations": {"turns_requested": "-".join(map(str, sorted(set(self.turns)))),
+                                  "records_by_assistant_turns": {str(k): v for k, v in sorted(self.turn_counts.items())}}}
+               if self.turns[1] > 1 else {}),
             "context": {"max_model_len": self.budget.max_model_len, "exact_token_counts": self.budget.exact},
             "requests": prev.get("requests", 0) + self.requests,
             "retries": prev.get("retries", 0) + u.retries,

@@ -39,6 +39,10 @@ class Record(TypedDict, total=False):
     run_id: str
     system_prompt: str  # magpie: the system turn the request was written under (when one steered it)
     persona: str  # magpie with --personas: who the user was
+    # multi-turn runs (--turns above 1; generator/conversation.py)
+    num_turns: int  # assistant turns in the conversation (1 when it ended after the first)
+    messages: list[dict]  # the whole conversation, user and assistant turns (only when num_turns > 1)
+    turns: list[dict]  # per turn after the first: move, followup, candidates, selected, scores, response
 
 
 def user_turn(instruction: str, input: str = "") -> str:

@@ -35,7 +35,8 @@ from jinja2.sandbox import ImmutableSandboxedEnvironment, safe_range
 from generator.errors import UserError
 from generator.resources import data_dir
 
-STAGES = ("alpaca", "bootstrap", "classify", "instances_input_first", "instances_output_first", "respond")
+STAGES = ("alpaca", "bootstrap", "classify", "instances_input_first", "instances_output_first", "respond",
+          "followup")
 _META = re.compile(r"\A\s*\{#-?(.*?)-?#\}", re.S)
 MAX_RENDER_CHARS = 1_000_000  # a prompt is a few KB; a megabyte is a runaway loop
 MAX_RENDER_SECONDS = 5.0

@@ -89,6 +89,21 @@ def test_multi_turn_supervises_every_assistant_turn_and_nothing_else(tok):
     assert "SmolLM" not in tok.decode(enc.input_ids)
 
 
+def test_generated_three_turn_record_supervises_each_answer_and_its_end_token(tok):
+    """A record as `sprout generate --turns 3` writes it (messages + the first turn's Alpaca
+    columns): the loss covers the three answers, each with its <|im_end|>, and no token of the
+    three user turns -- the messages win over the Alpaca columns."""
+    answers = ["Rain taps the roof.", "1. Rain\n2. Roof", "Short: rain on a roof."]
+    users = ["Write one line about rain.", "Now as a list?", "Shorter, please."]
+    messages = [m for u, a in zip(users, answers) for m in ({"role": "user", "content": u},
+                                                            {"role": "assistant", "content": a})]
+    record = {"instruction": users[0], "input": "", "output": answers[0], "num_turns": 3, "messages": messages}
+    enc = Formatter(tok).encode(ex(record))
+    assert [tok.decode(r) for r in runs(enc)] == [a + "<|im_end|>" for a in answers]
+    sup = tok.decode(supervised(enc))
+    assert not any(u in sup for u in users) and all(u in tok.decode(enc.input_ids) for u in users)
+
+
 def test_system_prompt_option(tok):
     record = {"instruction": "Say hi", "output": "Hi"}
     enc = Formatter(tok, system_prompt="You are terse.").encode(ex(record))

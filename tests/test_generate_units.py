@@ -157,7 +157,8 @@ def test_every_shipped_template_renders_both_forms():
     ts = load_templates()
     ex = [{"id": "a", "instruction": "Say hi nicely.", "input": "", "output": "Hi!"}]
     variables = {"examples": ex, "num_tasks": 4, "num_instructions": 4, "instruction": "Sort the list.",
-                 "max_instances": 3, "start": 2, "input": ""}
+                 "max_instances": 3, "start": 2, "input": "", "move": "Ask for a list.", "persona": None,
+                 "conversation": [{"role": "user", "content": "Say hi."}, {"role": "assistant", "content": "Hi!"}]}
     for name, t in ts.items():
         for structured in (True, False):
             p = t.render(structured=structured, **variables)

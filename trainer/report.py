@@ -170,6 +170,14 @@ def _counts_section(doc: _Doc, records, unique, stats, rejected) -> None:
         rows = [("kept instructions", len(unique)), ("records", len(records))]
     rows += [("records with input", sum(1 for r in records if r.get("input"))),
              ("classification records", sum(1 for r in records if r.get("is_classification")))]
+    turns = Counter(r["num_turns"] for r in records if isinstance(r.get("num_turns"), int))
+    if turns:  # a multi-turn run (--turns): how far its conversations got
+        rows.append(("records by assistant turns", ", ".join(f"{k}: {n}" for k, n in sorted(turns.items()))))
+    for key in ("persona", "system_prompt"):  # a steered magpie run: how the records split
+        split = Counter(r[key] for r in records if r.get(key))
+        if split:
+            rows.append((f"records by {key.replace('_', ' ')}", "; ".join(
+                f"{_clip(k, 60)}: {n}" for k, n in split.most_common(10)) + (" …" if len(split) > 10 else "")))
     teacher = records[0].get("teacher") if records else None
     if isinstance(teacher, dict) and teacher.get("model"):
         rows.append(("teacher", teacher["model"]))
@@ -279,9 +287,15 @@ def _samples_section(doc: _Doc, records, n: int) -> None:
               f'<span class="muted">(ROUGE-L {e(sim[0].get("rouge_l", "?"))})</span></dd>'
               if isinstance(sim, list) and sim and isinstance(sim[0], dict) else "")
         inp = f"<dt>input</dt><dd><pre>{e(_clip(r['input']))}</pre></dd>" if r.get("input") else ""
+        later = ""
+        for k, t in enumerate(r.get("turns") or [], 2):  # a conversation's follow-up turns
+            if isinstance(t, dict) and isinstance(r.get("messages"), list) and len(r["messages"]) >= 2 * k:
+                later += (f"<dt>turn {k}: user ({e(t.get('move', ''))})</dt><dd>{e(r['messages'][2 * k - 2]['content'])}"
+                          f"</dd><dt>turn {k}: assistant</dt><dd><pre>{e(_clip(r['messages'][2 * k - 1]['content']))}"
+                          "</pre></dd>")
         cards.append(f'<div class="card"><div class="muted">{e(" · ".join(t for t in tags if t))}</div><dl>'
                      f"<dt>instruction</dt><dd>{e(r['instruction'])}</dd>{inp}"
-                     f"<dt>output</dt><dd><pre>{e(_clip(r['output']))}</pre></dd>{nn}</dl></div>")
+                     f"<dt>output</dt><dd><pre>{e(_clip(r['output']))}</pre></dd>{later}{nn}</dl></div>")
     doc.add("samples", "Sample records", f"<p>{len(picks)} records drawn at random (seed 0).</p>" + "".join(cards))
 
 
