@@ -191,3 +191,74 @@ def test_training_killed_at_random_steps_resumes_exactly(student, tmp_path):
     logged = [json.loads(line)["step"] for line in (out / "metrics.jsonl").read_text().splitlines()
               if "loss" in json.loads(line)]
     assert logged == list(range(1, steps + 1))  # each step logged once, across every kill
+
+
+def _wait_lines(path: Path, wanted: int, proc: subprocess.Popen, limit: float) -> None:
+    deadline = time.monotonic() + limit
+    while _lines(path) < wanted:
+        assert proc.poll() is None, f"generate ended early ({proc.returncode}): {proc.stderr.read()[-3000:]}"
+        assert time.monotonic() < deadline, f"no progress to {wanted} records in {limit:.0f} s"
+        time.sleep(0.5)
+
+
+@pytest.mark.vllm
+@pytest.mark.timeout(2400)  # a hang guard: four vLLM starts on 2 cores
+def test_real_vllm_teachers_crash_and_restart_mid_run(embedded_model, tmp_path):
+    """Real vLLM teachers SIGKILLed mid-run (a crash: no clean shutdown, connections cut) and
+    restarted on their ports, while one `sprout generate` uses both:
+    A dies -> B carries the run; A restarts; B dies -> the restarted A carries it; A dies too ->
+    no teacher at all, the run waits (the circuit breaker allows 300 s); A restarts -> the run
+    finishes. Then the invariants: target reached exactly, no duplicate or torn line, complete
+    groups, stats equal to the files, no server process left."""
+    from generator.server import ServeConfig, VLLMServer, free_port, group_alive
+
+    ports = [free_port(), free_port()]
+    assert ports[0] != ports[1]
+    servers: dict[int, VLLMServer] = {}
+
+    def start(k: int) -> None:
+        servers[k] = VLLMServer(ServeConfig(port=ports[k]), log_path=tmp_path / f"vllm-{k}.log").start()
+
+    def crash(k: int) -> None:
+        pgid = servers[k].group.pgid
+        os.killpg(pgid, signal.SIGKILL)
+        servers.pop(k).stop(grace=5)  # reaps what SIGKILL left; a crash leaves nothing to stop
+        assert not group_alive(pgid)
+
+    out, target = tmp_path / "run", 24
+    data = out / "data.jsonl"
+    urls = ",".join(f"http://127.0.0.1:{p}/v1" for p in ports)
+    cmd = [sys.executable, "-m", "trainer.cli", "generate", "--mode", "magpie", "--teacher-url", urls,
+           "--out", str(out), "--num-instructions", str(target), "--responses", "2",
+           "--response-max-tokens", "96", "--concurrency", "8"]
+    proc = None
+    try:
+        start(0)
+        start(1)
+        proc = subprocess.Popen(cmd, env=ENV, cwd=tmp_path, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
+                                text=True)
+        _wait_lines(data, 3, proc, 600)
+        crash(0)  # B alone
+        mark = _lines(data)
+        _wait_lines(data, mark + 3, proc, 600)
+        start(0)  # A back on its port
+        crash(1)  # the restarted A alone
+        mark = _lines(data)
+        _wait_lines(data, mark + 3, proc, 600)
+        crash(0)  # no teacher at all: the run must wait, not end
+        mark = _lines(data)
+        time.sleep(5)
+        assert proc.poll() is None and _lines(data) == mark
+        start(0)
+        _, err = proc.communicate(timeout=1200)
+        assert proc.returncode == 0, err[-3000:]
+        assert "Traceback" not in err and "teacher unreachable or failing" in err
+    finally:
+        if proc is not None and proc.poll() is None:
+            proc.kill()
+            proc.wait()
+        for k in list(servers):
+            servers.pop(k).stop()
+    _check_run(out, target)
+    stats = json.loads((out / "stats.json").read_text())
+    assert stats["retries"] > 0
