@@ -80,6 +80,7 @@ class GenerateConfig:
     response_top_p: float = 0.95
     response_max_tokens: int = 384
     turns: str = "1"  # assistant turns per conversation: K or a range A-B (generator/conversation.py)
+    followup: str = "auto"  # how the user's follow-ups are written: magpie | template | auto (magpie when possible)
     constraints: float = 0.3  # share of instructions given 1..max_constraints verifiable constraints
     max_constraints: int = 2
     # scoring (generator.scoring.ScoreConfig): checks always run; verifiers, judge, reward on demand
@@ -145,6 +146,8 @@ class GenerateConfig:
             raise UserError("--constraints needs --responses N > 0: constrained instructions are answered again")
         from generator.conversation import parse_turns
 
+        if self.followup not in ("auto", "magpie", "template"):
+            raise UserError(f"--followup {self.followup!r}: choose auto, magpie or template")
         if parse_turns(self.turns)[1] > 1:
             if self.responses < 1:
                 raise UserError("--turns above 1 needs --responses N >= 1: every assistant turn is sampled and scored")

@@ -79,6 +79,10 @@ def add_generate_args(p) -> None:
     a("--turns", help="assistant turns per conversation: K, or a range A-B drawn per conversation (default 1); "
       "above 1 the teacher, playing the user, follows up on each kept answer and every turn is scored like the "
       "first; records then carry `messages`")
+    a("--followup", choices=["auto", "magpie", "template"], help="how the teacher writes the user's follow-ups: "
+      "magpie (it continues the chat template's user turn after the conversation, as Magpie does for the first "
+      "request), template (it is asked to play the user, prompts/followup.jinja) or auto: magpie when Sprout can "
+      "render the teacher's chat template, else template (default)")
     add_scoring_flags(p, judge_default="default: the teacher")
     a("--tokenizer", choices=["rouge", "unicode"], help="ROUGE-L words for novelty and decontamination: rouge "
       "(rouge-score's, English; default) or unicode (words of any script, each CJK character a word)")

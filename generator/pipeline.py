@@ -90,6 +90,7 @@ class Pipeline:
         self.replies = self.admitted = self.finished = 0  # for the expected yield of a unit
         self.candidates = self.passing = self.constrained_candidates = self.constrained_passing = 0
         self.turns = parse_turns(cfg.turns)  # (fewest, most) assistant turns per conversation
+        self.followup_method = conversation.followup_method(cfg.followup, self.budget.tokenizer)
         self.turn_counts = Counter(r.get("num_turns", 1) for r in run.records)  # records by assistant turns
         if cfg.mode == "magpie":  # one pre-query per system turn, rendered once
             from generator.gen_config import steering
@@ -312,9 +313,10 @@ class Pipeline:
 
     # -- magpie -------------------------------------------------------------------------------------
 
-    def magpie_prompt(self, system_prompt: str | None) -> tuple[str, list[str]]:
-        """The chat template rendered up to where the user's words would start, and the stop
-        strings that end a user turn. Needs the teacher's tokenizer (a local model folder)."""
+    def magpie_prompt(self, system_prompt: str | None, history: list[dict] = ()) -> tuple[str, list[str]]:
+        """The chat template rendered (after `history`, for a follow-up) up to where the user's words
+        would start, and the stop strings that end a user turn. Needs the teacher's tokenizer (a
+        local model folder)."""
         from generator.errors import UserError
 
         tok = self.budget.tokenizer
@@ -323,7 +325,8 @@ class Pipeline:
                             "(sprout generate starts one by default) so Sprout can read its tokenizer")
         marker = "\x00SPROUT-USER-TURN\x00"
         msgs = [{"role": "system", "content": system_prompt}] if system_prompt else []
-        rendered = tok.apply_chat_template(msgs + [{"role": "user", "content": marker}], tokenize=False)
+        rendered = tok.apply_chat_template(msgs + list(history) + [{"role": "user", "content": marker}],
+                                           tokenize=False)
         head, _, tail = rendered.partition(marker)
         stops = [x for x in {tail.strip().split("\n")[0].strip(), tok.eos_token or ""} if x]
         return head, stops

@@ -88,6 +88,12 @@ def test_followup_is_cleaned_and_checked():
     assert followup_reasons("The waves are dark and the moon is bright over the sea.", "stop", conv) == \
         ["followup_echoes_answer"]
     assert followup_reasons("Tell me more about it", "length", conv) == ["followup_too_long"]
+    for voice in ("I'm ready to help. What do you need?", "The user's next message was: tell me more",
+                  "Sure! Here is the list you asked for.", "How can I assist you with the poem?"):
+        assert followup_reasons(voice, "stop", conv) == ["followup_not_user_voice"], voice
+    from generator.conversation import on_topic
+
+    assert on_topic("Can the moon poem rhyme?", conv) > on_topic("What is a tax form?", conv) == 0.0
 
 
 def test_three_turn_conversations_are_scored_turn_by_turn(tmp_path, templates):
@@ -172,24 +178,41 @@ def test_multi_turn_run_resumes_to_its_target(tmp_path, templates):
     _check_bookkeeping(tmp_path / "run")
 
 
-def test_magpie_persona_reaches_the_followup_prompt(tmp_path, templates):
+@pytest.mark.parametrize("method", ["magpie", "template"])
+def test_followups_carry_the_persona_both_ways(tmp_path, templates, method):
+    """magpie: the conversation rendered with the teacher's chat template up to a new user turn,
+    after Magpie's multi-turn system turn with the move and the persona; template: the followup
+    stage's chat prompt with the persona."""
+    from generator.models import embedded_model_dir
+
     personas = tmp_path / "personas.txt"
     personas.write_text("a beekeeper\n")
     script = ConvScript()
-    seen = []
+    chats, prequeries = [], []
     orig = script.__call__
 
     def spy(kind, req):
-        if kind == "completion":  # magpie's pre-query: the user's request
-            return [script._instruction() for _ in range(int(req.get("n") or 1))]
+        if kind == "completion":
+            prequeries.append(req["prompt"])
+            if "<|im_start|>assistant" in req["prompt"]:  # a follow-up: the user's next message
+                return [f"How would a {w} change that?" for w in random.sample(WORDS, int(req.get("n") or 1))]
+            return [script._instruction() for _ in range(int(req.get("n") or 1))]  # the first request
         if req["messages"][-1]["content"].startswith("STAGE=followup"):
-            seen.append(req["messages"][-1]["content"])
+            chats.append(req["messages"][-1]["content"])
         return orig(kind, req)
-
-    from generator.models import embedded_model_dir
 
     with FaultServer(script=spy, root=str(embedded_model_dir())) as srv:
         generate(_cfg(tmp_path, srv.url, templates, mode="magpie", num_instructions=2, turns="2",
-                      personas=str(personas)))
-    assert seen and all("P=a beekeeper" in t for t in seen)
-    assert all(r["persona"] == "a beekeeper" and r["num_turns"] == 2 for r in _rows(tmp_path / "run" / "data.jsonl"))
+                      personas=str(personas), followup=method))
+    records = _rows(tmp_path / "run" / "data.jsonl")
+    assert all(r["persona"] == "a beekeeper" and r["num_turns"] == 2 for r in records)
+    assert all(r["turns"][0]["followup_method"] == method for r in records)
+    if method == "template":
+        assert chats and all("P=a beekeeper" in t for t in chats)
+    else:
+        follow = [q for q in prequeries if "<|im_start|>assistant" in q]
+        assert not chats and len(follow) == len(records)
+        for q in follow:
+            assert "In the next message the user " in q and "The user is a beekeeper." in q
+            assert q.endswith("<|im_start|>user\n")
+        assert all(any(r["messages"][1]["content"] in q for q in follow) for r in records)  # the answer precedes it
