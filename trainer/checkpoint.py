@@ -1,7 +1,7 @@
 """Resumable checkpoints: OUT/checkpoints/step-NNNNNN/ holds
 
     adapter/           the LoRA weights as a standard PEFT adapter (servable as is)
-    optimizer.pt       AdamW moments
+    optimizer.pt       AdamW moments (--strategy fsdp: gathered whole, keyed by parameter name)
     scheduler.pt       learning-rate schedule position
     rng-rankR.safetensors  Python, NumPy and torch (CPU and CUDA) generator states of each rank
     state.json         steps done, and the epoch and step-in-epoch to continue from (data position)
@@ -107,7 +107,10 @@ def fsync_tree(root: Path) -> None:
 
 
 def save(out: Path, info: DistInfo, step: int, epoch: int, in_epoch: int, model, optimizer, scheduler,
-         keep: int) -> Path:
+         keep: int, sharded: bool = False) -> Path:
+    """Write checkpoint `step`. `sharded` (--strategy fsdp over several processes): every rank
+    takes part in gathering the LoRA weights and optimizer state, and rank 0 writes them whole, in
+    the same files (the optimizer state keyed by parameter name instead of position)."""
     root = out / "checkpoints"
     final = root / f"{PREFIX}{step:06d}"
     tmp = root / f".tmp-{PREFIX}{step:06d}"
@@ -116,11 +119,17 @@ def save(out: Path, info: DistInfo, step: int, epoch: int, in_epoch: int, model,
         tmp.mkdir(parents=True)
     dist.barrier(info)
     save_rng(tmp / f"rng-rank{info.rank}.safetensors")
+    adapter = optim = None
+    if sharded:
+        from trainer import sharding
+
+        adapter, optim = sharding.full_trainable_state(model, info), sharding.full_optimizer_state(model, optimizer)
     if info.main:
-        model.save_pretrained(tmp / "adapter")
-        torch.save(optimizer.state_dict(), tmp / "optimizer.pt")
+        model.save_pretrained(tmp / "adapter", state_dict=adapter)
+        torch.save(optim if sharded else optimizer.state_dict(), tmp / "optimizer.pt")
         torch.save(scheduler.state_dict(), tmp / "scheduler.pt")
-        state = {"step": step, "epoch": epoch, "step_in_epoch": in_epoch, "world_size": info.world}
+        state = {"step": step, "epoch": epoch, "step_in_epoch": in_epoch, "world_size": info.world,
+                 "sharded": sharded}
         (tmp / "state.json").write_text(json.dumps(state, indent=2))
     dist.barrier(info)  # every rank's RNG file is in before the rename
     if info.main:
@@ -134,7 +143,7 @@ def save(out: Path, info: DistInfo, step: int, epoch: int, in_epoch: int, model,
     return final
 
 
-def read(path: Path, info: DistInfo) -> dict:
+def read(path: Path, info: DistInfo, sharded: bool = False) -> dict:
     """Every file of checkpoint `path`, read and checked, nothing applied yet. Raises ValueError
     (or the reader's own error) naming what is damaged."""
     from safetensors.torch import load_file
@@ -149,6 +158,10 @@ def read(path: Path, info: DistInfo) -> dict:
     if world != info.world:  # not damage: the user's mistake, and an older checkpoint has the same
         raise UserError(f"{path}: written by {world} processes, resumed with {info.world}; "
                         "resume with the same number of processes")
+    if state.get("sharded", False) != sharded:  # the optimizer state is stored another way
+        was, now = ("fsdp", "ddp") if state.get("sharded") else ("ddp", "fsdp")
+        raise UserError(f"{path}: written by a --strategy {was} run of {world} processes, resumed with --strategy "
+                        f"{now}; resume with the same strategy")
     found = {"state": state}
     try:
         found["adapter"] = load_file(str(path / "adapter" / "adapter_model.safetensors"), device=str(info.device))
@@ -170,30 +183,36 @@ def read(path: Path, info: DistInfo) -> dict:
     return found
 
 
-def load(path: Path, info: DistInfo, model, optimizer, scheduler) -> dict:
+def load(path: Path, info: DistInfo, model, optimizer, scheduler, sharded: bool = False) -> dict:
     """Restore checkpoint `path` into the live objects; returns its state.json."""
-    return _apply(path, read(path, info), model, optimizer, scheduler)
+    return _apply(path, read(path, info, sharded), model, optimizer, scheduler, sharded)
 
 
-def _apply(path: Path, found: dict, model, optimizer, scheduler) -> dict:
+def _apply(path: Path, found: dict, model, optimizer, scheduler, sharded: bool = False) -> dict:
     from peft import set_peft_model_state_dict
 
     result = set_peft_model_state_dict(model, found["adapter"])
     if getattr(result, "unexpected_keys", None):
         raise UserError(f"{path}: adapter does not match this model/LoRA config ({result.unexpected_keys[:3]}...)")
-    optimizer.load_state_dict(found["optimizer"])
+    if sharded:
+        from trainer import sharding
+
+        sharding.load_optimizer_state(model, optimizer, found["optimizer"])
+    else:
+        optimizer.load_state_dict(found["optimizer"])
     scheduler.load_state_dict(found["scheduler"])
     set_rng_state(*found["rng"])
     return found["state"]
 
 
-def load_newest_good(out: Path, info: DistInfo, model, optimizer, scheduler) -> tuple[Path, dict]:
+def load_newest_good(out: Path, info: DistInfo, model, optimizer, scheduler, sharded: bool = False
+                     ) -> tuple[Path, dict]:
     """Resume from the newest checkpoint that reads back whole; damaged newer ones are renamed
     corrupt-step-N (so pruning never keeps them over good ones) and reported on stderr."""
     damaged, chosen = [], None
     for path in reversed(checkpoint_dirs(out)):
         try:
-            found = read(path, info)
+            found = read(path, info, sharded)
         except ValueError as e:
             damaged.append((path, str(e)))
             continue
@@ -211,4 +230,4 @@ def load_newest_good(out: Path, info: DistInfo, model, optimizer, scheduler) -> 
     if chosen is None:
         raise UserError(f"--resume: no usable checkpoint under {out / 'checkpoints'}; every one is damaged "
                         f"({'; '.join(f'{p.name}: {w}' for p, w in damaged)}); start again with --overwrite")
-    return chosen, _apply(chosen, found, model, optimizer, scheduler)
+    return chosen, _apply(chosen, found, model, optimizer, scheduler, sharded)

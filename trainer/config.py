@@ -4,7 +4,7 @@ names the setting, before any model is loaded."""
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 from generator.errors import UserError
 
@@ -13,6 +13,7 @@ OVERLONG = ("truncate", "drop")
 DTYPES = ("auto", "float32", "bfloat16")
 METHODS = ("sft", "dpo")
 DPO_LOSSES = ("sigmoid", "ipo")
+STRATEGIES = ("ddp", "fsdp")
 
 
 @dataclass
@@ -40,6 +41,9 @@ class TrainConfig:
     lora_alpha: int = 32
     lora_dropout: float = 0.05
     target_modules: list[str] | None = None  # None = every linear layer of attention and MLP
+    # QLoRA: the frozen base in 4-bit NF4 (bitsandbytes, CUDA only), LoRA trained on top in bf16;
+    # the adapter is a plain PEFT adapter for the bf16 base, and --merge merges into that base
+    load_in_4bit: bool = False
     # --- optimisation -------------------------------------------------------------------------
     epochs: int = 3
     max_steps: int | None = None  # optimizer steps; overrides epochs when given
@@ -54,6 +58,9 @@ class TrainConfig:
     gradient_checkpointing: bool = False
     dtype: str = "auto"  # auto = bf16 on GPUs that support it, fp32 elsewhere
     seed: int = 0
+    # several processes (torchrun / accelerate launch): ddp = a whole student per process; fsdp = its
+    # weights sharded over them (trainer/sharding.py). One process trains unsharded either way.
+    strategy: str = "ddp"
     # --- bookkeeping --------------------------------------------------------------------------
     log_every: int = 1
     eval_every: int = 50  # steps between eval losses (and once at the end); 0 = end only
@@ -63,6 +70,8 @@ class TrainConfig:
     overwrite: bool = False  # allow writing into an OUT that already holds a run
     merge: bool = False  # also write the merged full model to OUT/merged/
     progress: bool = True  # tqdm progress bar on stderr
+    # mirrors of metrics.jsonl: tensorboard (when installed) | wandb | mlflow | none (trainer/trackers.py)
+    report_to: list[str] = field(default_factory=lambda: ["tensorboard"])
 
 
 def check(cfg: TrainConfig) -> TrainConfig:
@@ -72,7 +81,7 @@ def check(cfg: TrainConfig) -> TrainConfig:
     if not cfg.out:
         raise UserError("--out is required: the folder to write the adapter and metrics to")
     choices = {"schedule": SCHEDULES, "overlong": OVERLONG, "dtype": DTYPES, "method": METHODS,
-               "dpo_loss": DPO_LOSSES}
+               "dpo_loss": DPO_LOSSES, "strategy": STRATEGIES}
     for name, allowed in choices.items():
         if getattr(cfg, name) not in allowed:
             raise UserError(f"--{name.replace('_', '-')} {getattr(cfg, name)!r}: choose one of {', '.join(allowed)}")
@@ -103,4 +112,19 @@ def check(cfg: TrainConfig) -> TrainConfig:
 
         if not (Path(cfg.init_adapter).expanduser() / "adapter_config.json").is_file():
             raise UserError(f"--init-adapter {cfg.init_adapter}: not a PEFT adapter folder (no adapter_config.json)")
+    from trainer import trackers
+
+    trackers.require(cfg.report_to)  # unknown names and missing packages, before the model loads
+    if cfg.load_in_4bit and cfg.strategy == "fsdp":  # FSDP cannot shard bitsandbytes' packed 4-bit weights
+        raise UserError("--load-in-4bit cannot be sharded (--strategy fsdp): a 4-bit base is a quarter of the "
+                        "bf16 size, so try it with the default --strategy ddp, or shard the bf16 base without 4-bit")
+    if cfg.load_in_4bit:
+        import torch
+
+        if not torch.cuda.is_available():
+            raise UserError("--load-in-4bit needs a CUDA GPU (bitsandbytes NF4); drop it on CPU")
+        try:
+            import bitsandbytes  # noqa: F401
+        except ImportError as e:
+            raise UserError(f"--load-in-4bit needs the bitsandbytes package ({e}); pip install bitsandbytes") from None
     return cfg

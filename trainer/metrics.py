@@ -1,6 +1,6 @@
-"""Training metrics: OUT/metrics.jsonl (one JSON object per logged step or eval), TensorBoard
-under OUT/tensorboard/ when the `tensorboard` package is installed, the loss-curve PNG, and the
-peak-memory probe. Only rank 0 constructs a writer."""
+"""Training metrics: OUT/metrics.jsonl (one JSON object per logged step or eval), the record of
+the run; the trackers --report-to picks (trainer/trackers.py: TensorBoard by default, W&B, MLflow)
+mirror it. Also the loss-curve PNG and the peak-memory probe. Only rank 0 constructs a MetricsLog."""
 
 from __future__ import annotations
 
@@ -8,6 +8,8 @@ import json
 import resource
 import sys
 from pathlib import Path
+
+from trainer import trackers
 
 
 def peak_memory_mb(device) -> float:
@@ -21,7 +23,8 @@ def peak_memory_mb(device) -> float:
 
 
 class MetricsLog:
-    def __init__(self, out: Path, resume_step: int | None = None):
+    def __init__(self, out: Path, resume_step: int | None = None,
+                 report_to: list[str] | tuple[str, ...] | None = ("tensorboard",), config: dict | None = None):
         self.path = out / "metrics.jsonl"
         if resume_step is not None and self.path.is_file():
             # Keep what the resumed run already logged up to its checkpoint; drop later lines,
@@ -33,26 +36,40 @@ class MetricsLog:
         elif self.path.exists():
             self.path.unlink()
         self.file = self.path.open("a")
-        self.tb = None
         try:
-            from torch.utils.tensorboard import SummaryWriter  # needs the tensorboard package
-
-            self.tb = SummaryWriter(str(out / "tensorboard"))
-        except ImportError:
-            pass
+            self.trackers = trackers.open_trackers(list(report_to or []), out, config or {}, resume_step is not None)
+        except BaseException:
+            self.file.close()
+            raise
 
     def log(self, record: dict) -> None:
         self.file.write(json.dumps(record) + "\n")
         self.file.flush()
-        if self.tb is not None:
-            for k, v in record.items():
-                if k != "step" and isinstance(v, (int, float)):
-                    self.tb.add_scalar(f"train/{k}" if not k.startswith("eval") else f"eval/{k}", v, record["step"])
+        scalars = {trackers.tag(k): v for k, v in record.items()
+                   if k != "step" and isinstance(v, (int, float)) and not isinstance(v, bool)}
+        for t in list(self.trackers):
+            try:
+                t.log(scalars, record["step"])
+            except Exception as e:  # a mirror: metrics.jsonl has the step, the run goes on
+                print(f"{t.name}: logging failed at step {record['step']} ({type(e).__name__}: {e}); "
+                      f"{t.name} is off for the rest of the run, metrics.jsonl has every step", file=sys.stderr)
+                self.trackers.remove(t)
+                self._close(t, failed=True, quiet=True)  # a broken tracker may fail to close too; said once
 
-    def close(self) -> None:
+    def close(self, failed: bool = False) -> None:
+        """`failed`: the run stopped on an error (W&B and MLflow mark the run failed)."""
         self.file.close()
-        if self.tb is not None:
-            self.tb.close()
+        for t in self.trackers:
+            self._close(t, failed)
+        self.trackers = []
+
+    @staticmethod
+    def _close(tracker, failed: bool, quiet: bool = False) -> None:
+        try:
+            tracker.close(failed)
+        except Exception as e:  # the run's outputs are written; a tracker's goodbye cannot undo them
+            if not quiet:
+                print(f"{tracker.name}: closing failed ({type(e).__name__}: {e})", file=sys.stderr)
 
 
 def read_metrics(path: Path) -> list[dict]:

@@ -47,17 +47,36 @@ def default_target_modules(model: nn.Module) -> list[str]:
 
 def load_student(model_path: str, device: torch.device, dtype: torch.dtype, *, lora_r: int, lora_alpha: int,
                  lora_dropout: float, target_modules: list[str] | None, gradient_checkpointing: bool,
-                 init_adapter: str | None = None):
+                 init_adapter: str | None = None, load_in_4bit: bool = False):
     """(peft model on `device`, tokenizer, stop token ids). With `init_adapter` (a PEFT adapter
     folder, e.g. an SFT run's OUT/adapter) its weights are the trainable LoRA start and its own
-    LoRA settings (rank, alpha, targets) apply."""
+    LoRA settings (rank, alpha, targets) apply.
+
+    `load_in_4bit` (QLoRA, CUDA only): the frozen base is stored in 4-bit NF4 with double
+    quantization and computes in bf16; the LoRA matrices stay full precision. The adapter saved
+    from it is an ordinary PEFT adapter (LoRA weights and config only, nothing quantized), so it
+    loads onto the bf16 base like any other."""
     from peft import LoraConfig, PeftModel, get_peft_model
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
     tokenizer = AutoTokenizer.from_pretrained(model_path)
     if tokenizer.pad_token_id is None:  # padding is masked out; any id will do
         tokenizer.pad_token = tokenizer.eos_token
-    model = AutoModelForCausalLM.from_pretrained(model_path, dtype=dtype).to(device)
+    if load_in_4bit:
+        from peft import prepare_model_for_kbit_training
+        from transformers import BitsAndBytesConfig
+
+        nf4 = BitsAndBytesConfig(load_in_4bit=True, bnb_4bit_quant_type="nf4", bnb_4bit_use_double_quant=True,
+                                 bnb_4bit_compute_dtype=torch.bfloat16)
+        # quantized on load, straight onto this process's GPU (a 4-bit model cannot be .to()-moved)
+        model = AutoModelForCausalLM.from_pretrained(model_path, dtype=torch.bfloat16, quantization_config=nf4,
+                                                     device_map={"": device})
+        # freezes the base, keeps norms and embeddings in fp32 for stable training, and turns on
+        # gradient checkpointing when asked (the LoRA wrapping below keeps it)
+        model = prepare_model_for_kbit_training(model, use_gradient_checkpointing=gradient_checkpointing,
+                                                gradient_checkpointing_kwargs={"use_reentrant": False})
+    else:
+        model = AutoModelForCausalLM.from_pretrained(model_path, dtype=dtype).to(device)
     model.config.use_cache = False  # no KV cache while training
     stop_ids = getattr(model.generation_config, "eos_token_id", None)
     stop_ids = set(stop_ids if isinstance(stop_ids, list) else [stop_ids] if stop_ids is not None else [])
@@ -82,6 +101,17 @@ def load_student(model_path: str, device: torch.device, dtype: torch.dtype, *, l
     return model, tokenizer, stop_ids
 
 
+def merge_onto_base(model_path: str, adapter_dir, dtype: torch.dtype) -> nn.Module:
+    """The saved adapter merged into a fresh copy of the base in `dtype`, on the CPU. For a 4-bit
+    run: merging into NF4 weights would round the LoRA delta away (and a 4-bit checkpoint is not what
+    a server loads), so --merge merges into the bf16 base, as QLoRA's adapters are meant to be used."""
+    from peft import PeftModel
+    from transformers import AutoModelForCausalLM
+
+    base = AutoModelForCausalLM.from_pretrained(model_path, dtype=dtype)
+    return PeftModel.from_pretrained(base, str(adapter_dir)).merge_and_unload()
+
+
 class CausalLMLoss(nn.Module):
     """forward(batch) -> (sum of token cross-entropies, number of supervised tokens).
 
@@ -101,13 +131,18 @@ class CausalLMLoss(nn.Module):
         self._parts = (decoder, head)  # a tuple: not registered twice as submodules
 
     def forward(self, input_ids, attention_mask, labels):
-        logits, targets = self.supervised_logits(input_ids, attention_mask, labels)
+        logits, targets = self._supervised_logits(input_ids, attention_mask, labels)
         loss = nn.functional.cross_entropy(logits.float(), targets, reduction="sum")
         return loss, targets.numel()
 
     def supervised_logits(self, input_ids, attention_mask, labels):
         """(logits at the supervised positions (n, vocab), their target ids (n,)), positions in
-        row-major order: every row's supervised tokens, row after row."""
+        row-major order: every row's supervised tokens, row after row. DPO's entry point; under
+        FSDP a second forward method (trainer/sharding.py), which is why forward() does not go
+        through it: FSDP's forward hooks would run nested."""
+        return self._supervised_logits(input_ids, attention_mask, labels)
+
+    def _supervised_logits(self, input_ids, attention_mask, labels):
         targets = labels[:, 1:]
         keep = targets != IGNORE
         amp = (torch.autocast(input_ids.device.type, dtype=self.autocast_dtype) if self.autocast_dtype

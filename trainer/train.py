@@ -16,10 +16,13 @@ trainer/dpo.py. --init-adapter starts from an existing adapter (e.g. the SFT run
 
 Writes OUT/adapter/ (PEFT adapter + tokenizer, loadable by `PeftModel.from_pretrained` and vLLM's
 --lora-modules), OUT/train_config.yaml, OUT/metrics.jsonl, OUT/loss.png, OUT/summary.json,
-OUT/checkpoints/, OUT/tensorboard/ (when tensorboard is installed) and, with --merge, OUT/merged/.
+OUT/checkpoints/, OUT/tensorboard/ (when tensorboard is installed; --report-to adds OUT/wandb/ or
+OUT/mlruns/, see trainer/trackers.py) and, with --merge, OUT/merged/. --load-in-4bit (QLoRA, CUDA)
+holds the frozen base in 4-bit NF4; the adapter is still a plain one for the bf16 base.
 
 Several GPUs or machines: launch the same command with `torchrun` or `accelerate launch` (see
 trainer/dist.py); each process takes its share of every step's micro-batches (DDP), rank 0 writes.
+--strategy fsdp shards the student's weights over the processes instead (trainer/sharding.py).
 --batch-size is per process, so the effective batch is batch-size x grad-accum x processes.
 
 Memory: each micro-batch is cut into forward passes of at most --max-pass-tokens padded tokens
@@ -50,7 +53,8 @@ from typing import Callable
 from generator.errors import UserError
 from trainer.config import DPO_LOSSES, DTYPES, METHODS, OVERLONG, SCHEDULES, TrainConfig, check
 
-OUTPUTS = ("adapter", "merged", "checkpoints", "tensorboard", "metrics.jsonl", "summary.json", "loss.png",
+OUTPUTS = ("adapter", "merged", "checkpoints", "tensorboard", "wandb", "mlruns", "trackers.json",
+           "metrics.jsonl", "summary.json", "loss.png",
            "train_config.yaml", "run_fingerprint.json")
 
 
@@ -91,11 +95,13 @@ def accumulate(step_fn, micro_batches: list[dict], n_supervised: int, info=None)
     *whole* step (all micro-batches, all ranks): the gradients then equal those of one big batch,
     whatever the split. DDP averages gradients over ranks, so the loss is scaled by the world size
     to turn that average back into the sum. Returns this rank's summed (not averaged) token loss."""
+    from trainer import sharding
+
     world = info.world if info is not None else 1
     total = 0.0
     for i, batch in enumerate(micro_batches):
         last = i == len(micro_batches) - 1
-        sync = step_fn.no_sync() if world > 1 and not last else nullcontext()  # all-reduce once per step
+        sync = sharding.no_sync(step_fn) if world > 1 and not last else nullcontext()  # reduce once per step
         with sync:
             loss_sum, _ = step_fn(**batch)
             (loss_sum * (world / n_supervised)).backward()
@@ -108,7 +114,7 @@ def held_out_loss(loss_fn, encoded: list, batch_size: int, pad_id: int, info, co
     shared out over ranks)."""
     import torch
 
-    from trainer import dist
+    from trainer import dist, sharding
     from trainer.batching import collate as collate_examples
 
     collate = collate or collate_examples
@@ -121,6 +127,9 @@ def held_out_loss(loss_fn, encoded: list, batch_size: int, pad_id: int, info, co
             batch = {k: v.to(info.device) for k, v in collate([encoded[i] for i in b], pad_id).items()}
             s, n = loss_fn(**batch)
             total, count = total + float(s), count + int(n)
+        # FSDP gathers the weights in every forward: a rank with one batch fewer joins in idle
+        idle = sharding.missing_batches(len(batches), info)
+        sharding.idle_passes(loss_fn, collate([encoded[order[0]]], pad_id), idle, info, backward=False)
     loss_fn.model.train()
     total, count = dist.sum_all(info, total, count)
     return total / max(count, 1)
@@ -131,7 +140,8 @@ def held_out_loss(loss_fn, encoded: list, batch_size: int, pad_id: int, info, co
 # logging, checkpoint cadence, pass splitting and gradient checkpointing (same gradients) may change.
 RUN_SETTINGS = ("eval_fraction", "system_prompt", "max_length", "overlong", "method", "beta", "dpo_loss",
                 "lora_r", "lora_alpha", "lora_dropout", "target_modules", "epochs", "max_steps", "batch_size",
-                "grad_accum", "lr", "weight_decay", "warmup_ratio", "schedule", "max_grad_norm", "dtype", "seed")
+                "grad_accum", "lr", "weight_decay", "warmup_ratio", "schedule", "max_grad_norm", "dtype", "seed",
+                "load_in_4bit")
 FINGERPRINT = "run_fingerprint.json"
 
 
@@ -173,8 +183,9 @@ def check_or_record_fingerprint(cfg: TrainConfig, out: Path, info, fingerprint: 
         saved = json.loads(path.read_text())
     except (OSError, ValueError):
         return  # a run from before fingerprints (or its file lost): nothing to compare with
-    diffs = [f"{k}: {saved['settings'].get(k)!r} then, {v!r} now" for k, v in fingerprint["settings"].items()
-             if saved.get("settings", {}).get(k) != v]
+    # a setting newer than the saved fingerprint had its default then
+    was = {**{k: getattr(TrainConfig(), k) for k in RUN_SETTINGS}, **saved.get("settings", {})}
+    diffs = [f"{k}: {was.get(k)!r} then, {v!r} now" for k, v in fingerprint["settings"].items() if was.get(k) != v]
     names = {"model": "--model", "init_adapter": "--init-adapter (its weights)", "train_examples": "the training data",
              "eval_examples": "the eval data"}
     diffs += [f"{name} changed" for key, name in names.items() if saved.get(key) != fingerprint[key]]
@@ -242,12 +253,12 @@ def _train(cfg: TrainConfig, hooks: Hooks, out: Path, info) -> dict:
 
     from generator.config import to_dict
     from generator.models import resolve_model
-    from trainer import checkpoint, dist, dpo
+    from trainer import checkpoint, dist, dpo, sharding
     from trainer.batching import StepPlan, collate, split_by_tokens
     from trainer.data import Fields, load_examples, load_pairs, split_eval
     from trainer.format import Formatter, encode_all, save_prompt_format
     from trainer.metrics import MetricsLog, peak_memory_mb, plot_loss, read_metrics
-    from trainer.model import CausalLMLoss, load_student, pick_dtype
+    from trainer.model import CausalLMLoss, load_student, merge_onto_base, pick_dtype
 
     def say(msg: str) -> None:
         if info.main:
@@ -272,9 +283,10 @@ def _train(cfg: TrainConfig, hooks: Hooks, out: Path, info) -> dict:
     np.random.seed(cfg.seed)
     torch.manual_seed(cfg.seed)  # identical LoRA init on every rank
     model, tok, stop_ids = load_student(
-        resolve_model(cfg.model), device, dtype, lora_r=cfg.lora_r, lora_alpha=cfg.lora_alpha,
-        lora_dropout=cfg.lora_dropout, target_modules=cfg.target_modules,
-        gradient_checkpointing=cfg.gradient_checkpointing, init_adapter=cfg.init_adapter)
+        resolve_model(cfg.model), sharding.load_device(cfg.strategy, info), dtype, lora_r=cfg.lora_r,
+        lora_alpha=cfg.lora_alpha, lora_dropout=cfg.lora_dropout, target_modules=cfg.target_modules,
+        gradient_checkpointing=cfg.gradient_checkpointing, init_adapter=cfg.init_adapter,
+        load_in_4bit=cfg.load_in_4bit)
     torch.manual_seed(cfg.seed + info.rank)  # dropout masks differ per rank, as they would on one big batch
 
     formatter = Formatter(tok, cfg.system_prompt, stop_ids)
@@ -294,12 +306,17 @@ def _train(cfg: TrainConfig, hooks: Hooks, out: Path, info) -> dict:
     # capped at 1024 tokens by default (half the peak memory of 2048, same speed).
     pass_tokens = cfg.max_pass_tokens if cfg.max_pass_tokens is not None else (1024 if device.type == "cpu" else 0)
     total = cfg.max_steps or cfg.epochs * plan.steps_per_epoch
+    autocast = torch.bfloat16 if dtype == torch.bfloat16 and device.type == "cuda" else None
+    loss_fn = CausalLMLoss(model, autocast_dtype=autocast)
+    sharded = sharding.active(cfg.strategy, info)
+    if sharded:  # before the optimizer is built: sharding replaces the parameters
+        sharding.shard(loss_fn, info)
+    elif cfg.strategy == "fsdp":
+        say("--strategy fsdp with one process: nothing to shard, training unsharded")
     params = [p for p in model.parameters() if p.requires_grad]
     optimizer = torch.optim.AdamW(params, lr=cfg.lr, weight_decay=cfg.weight_decay)
     scheduler = torch.optim.lr_scheduler.LambdaLR(
         optimizer, lr_factor(cfg.schedule, round(cfg.warmup_ratio * total), total))
-    autocast = torch.bfloat16 if dtype == torch.bfloat16 and device.type == "cuda" else None
-    loss_fn = CausalLMLoss(model, autocast_dtype=autocast)
     if is_dpo:
         # The reference: the model as it starts (adapter off from a base model; the loaded SFT
         # adapter with --init-adapter), computed once, before a resumed run loads its checkpoint.
@@ -312,13 +329,13 @@ def _train(cfg: TrainConfig, hooks: Hooks, out: Path, info) -> dict:
     if hooks.on_data:
         hooks.on_data(train_enc, eval_enc)
     step_fn = loss_fn
-    if info.active:
+    if info.active and not sharded:
         step_fn = torch.nn.parallel.DistributedDataParallel(
             loss_fn, device_ids=[device.index] if device.type == "cuda" else None)
 
     start = 0
     if cfg.resume:
-        ckpt, state = checkpoint.load_newest_good(out, info, model, optimizer, scheduler)
+        ckpt, state = checkpoint.load_newest_good(out, info, model, optimizer, scheduler, sharded)
         start = state["step"]
         say(f"resuming from {ckpt} (step {start})")
     n_trainable = sum(p.numel() for p in params)
@@ -327,12 +344,13 @@ def _train(cfg: TrainConfig, hooks: Hooks, out: Path, info) -> dict:
         f"eval: {len(eval_enc)}; {total} steps x {cfg.batch_size * cfg.grad_accum * info.world} {unit}; "
         f"LoRA r={model.peft_config['default'].r} on {','.join(sorted(model.peft_config['default'].target_modules))} "
         f"({n_trainable / 1e6:.2f}M trainable); {device.type} {str(dtype).replace('torch.', '')}"
-        + (f"; {info.world} processes" if info.active else ""))
+        + (f"; {info.world} processes" + (" (FSDP)" if sharded else "") if info.active else ""))
 
     metrics = None
     if info.main:
         (out / "train_config.yaml").write_text(yaml.safe_dump(to_dict(cfg), sort_keys=False))
-        metrics = MetricsLog(out, resume_step=start if cfg.resume else None)
+        metrics = MetricsLog(out, resume_step=start if cfg.resume else None, report_to=cfg.report_to,
+                             config=to_dict(cfg))
     if hooks.on_model:
         hooks.on_model(model)
 
@@ -357,6 +375,9 @@ def _train(cfg: TrainConfig, hooks: Hooks, out: Path, info) -> dict:
                     for mb in per_rank[info.rank] for part in split_by_tokens(mb, lengths, pass_tokens)]
             lr = scheduler.get_last_lr()[0]
 
+            if sharded:  # every rank makes as many passes as the busiest, the idle ones first
+                idle = sharding.missing_passes(per_rank, lengths, pass_tokens, info.rank)
+                sharding.idle_passes(step_fn, mine[0], idle, info, backward=True)
             loss = dist.sum_all(info, accumulate(step_fn, mine, n_sup, info))[0] / n_sup
             norm = torch.nn.utils.clip_grad_norm_(params, cfg.max_grad_norm or float("inf")).item()
             if not (math.isfinite(loss) and math.isfinite(norm)):
@@ -390,7 +411,7 @@ def _train(cfg: TrainConfig, hooks: Hooks, out: Path, info) -> dict:
                     metrics.log({"step": done, "eval_loss": eval_loss, **extra})
             if cfg.save_every and done % cfg.save_every == 0 and done < total:
                 checkpoint.save(out, info, done, plan.epoch_of(done), done % plan.steps_per_epoch, model,
-                                optimizer, scheduler, cfg.keep_checkpoints)
+                                optimizer, scheduler, cfg.keep_checkpoints, sharded)
             if hooks.on_step:
                 hooks.on_step(done, record)
         bar.close()
@@ -401,10 +422,11 @@ def _train(cfg: TrainConfig, hooks: Hooks, out: Path, info) -> dict:
             extra = eval_extra(loss_fn)
             if metrics:
                 metrics.log({"step": total, "eval_loss": eval_loss, **extra})
+        adapter = sharding.full_trainable_state(model, info) if sharded else None  # every rank gathers
         summary = {}
         if info.main:
             save_prompt_format(out / "adapter", tok, formatter)  # the prompt eval and serve must use
-            model.save_pretrained(out / "adapter")
+            model.save_pretrained(out / "adapter", state_dict=adapter)
             tok.save_pretrained(out / "adapter")
             history = read_metrics(out / "metrics.jsonl")
             losses = [r["loss"] for r in history if "loss" in r]
@@ -419,9 +441,9 @@ def _train(cfg: TrainConfig, hooks: Hooks, out: Path, info) -> dict:
                 "examples": {"train": len(train_enc), "eval": len(eval_enc),
                              "truncated": stats.truncated + eval_stats.truncated,
                              "dropped": stats.dropped + eval_stats.dropped},
-                "processes": info.world, "device": device.type, "dtype": str(dtype).replace("torch.", ""),
+                "processes": info.world, "sharded": sharded, "device": device.type, "dtype": str(dtype).replace("torch.", ""),
                 "model": resolve_model(cfg.model), "adapter": str(out / "adapter"),
-                "method": cfg.method,
+                "method": cfg.method, "load_in_4bit": cfg.load_in_4bit,
             }
             if is_dpo:
                 last = [r for r in history if "reward_accuracy" in r]
@@ -433,7 +455,11 @@ def _train(cfg: TrainConfig, hooks: Hooks, out: Path, info) -> dict:
             (out / "summary.json").write_text(json.dumps(summary, indent=2))
             plot_loss(out / "metrics.jsonl", out / "loss.png")
             if cfg.merge:
-                merged = model.merge_and_unload()
+                # a 4-bit base cannot hold the merge: the adapter goes into a fresh bf16 base instead
+                # (sharded: the frozen base is the one on disk, so no need to gather it either)
+                merged = (merge_onto_base(resolve_model(cfg.model), out / "adapter",
+                                          torch.bfloat16 if cfg.load_in_4bit else dtype)
+                          if cfg.load_in_4bit or sharded else model.merge_and_unload())
                 merged.save_pretrained(out / "merged")
                 tok.save_pretrained(out / "merged")
                 save_prompt_format(out / "merged", tok, formatter)
@@ -444,8 +470,8 @@ def _train(cfg: TrainConfig, hooks: Hooks, out: Path, info) -> dict:
         return summary
     finally:
         bar.close()
-        if metrics:
-            metrics.close()
+        if metrics:  # an exception on its way out marks the trackers' runs failed
+            metrics.close(failed=sys.exc_info()[1] is not None)
 
 
 # --- CLI ----------------------------------------------------------------------------------------
@@ -481,6 +507,9 @@ def add_train_args(p: argparse.ArgumentParser) -> None:
     g.add_argument("--lora-dropout", type=float, help=f"LoRA dropout (default {d.lora_dropout})")
     g.add_argument("--target-modules", type=_csv, metavar="A,B,...",
                    help="module names to adapt (default: every linear layer of attention and MLP)")
+    g.add_argument("--load-in-4bit", action="store_true", default=None,
+                   help="QLoRA: hold the frozen base in 4-bit NF4 (bitsandbytes, CUDA GPUs only); the adapter "
+                        "is a plain one for the bf16 base, and --merge merges into that base")
     g.add_argument("--merge", action="store_true", default=None, help="also write the merged model to OUT/merged/")
     g = p.add_argument_group("optimisation")
     g.add_argument("--epochs", type=int, help=f"passes over the data (default {d.epochs})")
@@ -499,6 +528,10 @@ def add_train_args(p: argparse.ArgumentParser) -> None:
                    help="recompute activations in backward: less memory, ~30%% slower")
     g.add_argument("--dtype", choices=DTYPES, help="auto (default): bf16 on GPUs that support it, else fp32")
     g.add_argument("--seed", type=int, help=f"seed for LoRA init, batch order and dropout (default {d.seed})")
+    # no argparse choices: check() names the choices in one line, as it does for a YAML value
+    g.add_argument("--strategy", metavar="ddp|fsdp",
+                   help="under torchrun / accelerate launch: ddp (default) keeps a whole student per process; fsdp "
+                        "shards its weights over the processes, for a student too big for one device")
     g = p.add_argument_group("logging and checkpoints")
     g.add_argument("--log-every", type=int, help=f"steps between metrics lines (default {d.log_every})")
     g.add_argument("--eval-every", type=int, help=f"steps between eval losses, 0 = end only (default {d.eval_every})")
@@ -507,6 +540,9 @@ def add_train_args(p: argparse.ArgumentParser) -> None:
     g.add_argument("--resume", action="store_true", default=None, help="continue from OUT's newest checkpoint")
     g.add_argument("--overwrite", action="store_true", default=None, help="replace a run already in OUT")
     g.add_argument("--progress", action=argparse.BooleanOptionalAction, default=None, help="progress bar (default on)")
+    g.add_argument("--report-to", type=_csv, metavar="NAME,...",
+                   help="trackers mirroring metrics.jsonl: tensorboard (default, when installed), wandb, mlflow, "
+                        "or none (W&B offline without an API key)")
     p.set_defaults(func=run_train)
 
 
