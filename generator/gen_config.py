@@ -121,9 +121,9 @@ class GenerateConfig:
             raise UserError("--out: name the run directory, e.g. --out runs/gen1")
         if self.mode not in MODE_DEFAULTS:
             raise UserError(f"--mode {self.mode!r}: choose alpaca, self-instruct or magpie")
-        if (self.system_prompts or self.personas) and self.mode != "magpie":
-            raise UserError("--system-prompts and --personas steer --mode magpie; the other modes take their "
-                            "direction from the seeds")
+        if self.system_prompts and self.mode != "magpie":
+            raise UserError("--system-prompts steer --mode magpie (a system turn before the user's request); in the "
+                            "other modes the stage templates hold the system turn -- use --personas to steer them")
         if self.mode == "magpie" and self.responses < 1:
             raise UserError("--mode magpie writes requests only: it needs --responses N >= 1 to answer them")
         if self.api not in ("chat", "completion"):
@@ -174,8 +174,10 @@ PERSONA_SYSTEM_PROMPT = ("You are a helpful assistant. The person writing to you
 
 
 def steering(cfg: GenerateConfig) -> list[dict]:
-    """The system turns Magpie requests rotate through: {"system_prompt", "persona"} each; one
-    entry with system_prompt None when nothing steers. Files: one per line (blank lines and
+    """Who asks, in turn, one per request: {"system_prompt", "persona"} each. Magpie: a system turn
+    before the user's request (a persona becomes PERSONA_SYSTEM_PROMPT). Alpaca / self-instruct:
+    the persona goes into the stage's template (`persona`), which asks for tasks such a person
+    would bring. One entry of Nones when nothing steers. Files: one per line (blank lines and
     lines starting with # skipped), or JSON lines with a "system_prompt" / "persona" field."""
     from generator.errors import UserError
     from generator.rows import read_text
@@ -201,6 +203,9 @@ def steering(cfg: GenerateConfig) -> list[dict]:
             raise UserError(f"{path}: no {key.replace('_', ' ')}s in the file (one per line)")
         return out
 
+    if cfg.mode != "magpie":
+        return [{"system_prompt": None, "persona": t} for t in load(cfg.personas, "persona")] if cfg.personas \
+            else [{"system_prompt": None, "persona": None}]
     steers = [{"system_prompt": cfg.system_prompt, "persona": None}] if cfg.system_prompt else []
     if cfg.system_prompts:
         steers += [{"system_prompt": t, "persona": None} for t in load(cfg.system_prompts, "system_prompt")]

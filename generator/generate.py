@@ -93,8 +93,9 @@ def add_generate_args(p) -> None:
     a("--system-prompt", help="magpie: a system prompt before the user turn, to steer the requests' domain")
     a("--system-prompts", metavar="FILE", help="magpie: system prompts (one per line, or JSONL with "
       "\"system_prompt\"), one per request in turn; each record keeps the one it came from")
-    a("--personas", metavar="FILE", help="magpie: personas, who the user is (one per line, or JSONL with "
-      "\"persona\"), one per request in turn; each record keeps its persona")
+    a("--personas", metavar="FILE", help="personas, who the user is (one per line, or JSONL with \"persona\"), one "
+      "per request in turn -- magpie: a system turn; alpaca / self-instruct: the stage template asks for tasks "
+      "such a person would bring; each record keeps its persona")
     a("--max-model-len", type=int, help="the teacher's context length (default: what vLLM reports; when Sprout "
       "starts the teacher: the model's own)")
     a("--vllm-arg", dest="vllm_args", action="append", metavar="ARG", help="argument for the vLLM server "

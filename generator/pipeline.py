@@ -92,12 +92,12 @@ class Pipeline:
         self.turns = parse_turns(cfg.turns)  # (fewest, most) assistant turns per conversation
         self.followup_method = conversation.followup_method(cfg.followup, self.budget.tokenizer)
         self.turn_counts = Counter(r.get("num_turns", 1) for r in run.records)  # records by assistant turns
-        if cfg.mode == "magpie":  # one pre-query per system turn, rendered once
-            from generator.gen_config import steering
+        from generator.gen_config import steering
 
-            self._steers = steering(cfg)
+        self._steers = steering(cfg)  # who asks: taken in turn, one per request (magpie and bootstrap)
+        self._steer_next = 0
+        if cfg.mode == "magpie":  # one pre-query per system turn, rendered once
             self._magpie_prompts = {st["system_prompt"]: self.magpie_prompt(st["system_prompt"]) for st in self._steers}
-            self._steer_next = 0
             # Several steers share the target: fewer requests per sample batch, or the first reply
             # (8 samples under one persona) fills a small target alone. Seen: 7 of 8 records from
             # the first of 4 personas; with this cap each persona gets its share.
@@ -249,20 +249,28 @@ class Pipeline:
 
     # -- alpaca ---------------------------------------------------------------------------------
 
+    def _next_steer(self) -> dict:
+        """The next {system_prompt, persona} in turn: each gets its share of requests."""
+        steer = self._steers[self._steer_next % len(self._steers)]
+        self._steer_next += 1
+        return steer
+
     async def _alpaca_unit(self) -> None:
+        steer = self._next_steer()
         k = min(self.cfg.examples_per_prompt, len(self.seeds))
         examples = self.rng.sample(self.seeds, k)
         shown = [{"id": s.id, "instruction": s.instruction, **(s.instances[0] if s.instances else
                                                                   {"input": "", "output": ""})} for s in examples]
         asked = await self._unit_request(
-            "alpaca", {"examples": shown, "num_tasks": self.cfg.tasks_per_prompt, "start": k + 1},
+            "alpaca", {"examples": shown, "num_tasks": self.cfg.tasks_per_prompt, "start": k + 1,
+                       "persona": steer["persona"]},
             [f"\n{k + self.cfg.tasks_per_prompt + 1}. Instruction"])
         if asked is None:
             return
         out, parsed, tmpl, variables = asked
         shown_ids = {e["id"] for e in variables["examples"]}
         prov = {"templates": {"alpaca": self._tmpl_info(tmpl)},
-                "examples": {"seed": [s.id for s in examples if s.id in shown_ids], "machine": []}}
+                "examples": {"seed": [s.id for s in examples if s.id in shown_ids], "machine": []}, **steer}
         jobs = []
         for task in parsed.items:
             if self.kept + self.in_progress >= self.cfg.num_instructions:
@@ -283,6 +291,7 @@ class Pipeline:
 
     async def _self_instruct_unit(self) -> None:
         cfg = self.cfg
+        steer = self._next_steer()
         n_machine = min(cfg.machine_examples, len(self.machine))
         # 6 seeds + 2 machine instructions once the machine pool exists, all 8 from seeds before
         n_seed = min(cfg.seed_examples + cfg.machine_examples - n_machine, len(self.seeds))
@@ -293,7 +302,8 @@ class Pipeline:
         self.rng.shuffle(shown)  # the paper mixes seed and machine examples in one list
         n = len(shown)
         asked = await self._unit_request(
-            "bootstrap", {"examples": shown, "num_instructions": cfg.instructions_per_prompt, "start": n + 1},
+            "bootstrap", {"examples": shown, "num_instructions": cfg.instructions_per_prompt, "start": n + 1,
+                          "persona": steer["persona"]},
             [f"\n{n + cfg.instructions_per_prompt + 1}.", "\n\n"])
         if asked is None:
             return
@@ -301,7 +311,7 @@ class Pipeline:
         shown_ids = {e["id"] for e in variables["examples"]}
         prov = {"templates": {"bootstrap": self._tmpl_info(tmpl)},
                 "examples": {"seed": [s.id for s in seeds if s.id in shown_ids],
-                             "machine": [mid for mid, _ in machine if mid in shown_ids]}}
+                             "machine": [mid for mid, _ in machine if mid in shown_ids]}, **steer}
         jobs = []
         for text in parsed.items:
             if self.kept + self.in_progress >= cfg.num_instructions:
@@ -333,8 +343,7 @@ class Pipeline:
 
     async def _magpie_unit(self) -> None:
         p = self.params
-        steer = self._steers[self._steer_next % len(self._steers)]  # in turn: each gets its share of requests
-        self._steer_next += 1
+        steer = self._next_steer()
         prompt, stops = self._magpie_prompts[steer["system_prompt"]]
         try:
             out = await self._request_raw("magpie", prompt, n=self._magpie_n,

@@ -5,7 +5,9 @@ about a broken one.
 Formats: JSON lines (.jsonl), JSON (.json: a list, {"any_key": [...]}, or JSON lines saved with a
 .json name, as `datasets.to_json` does), CSV (.csv, first line the header), parquet (.parquet),
 and folders: a Sprout run or export (its data.jsonl), an HF `datasets` save_to_disk folder (the
-"train" split of a DatasetDict, else its first), or a folder holding exactly one data file.
+"train" split of a DatasetDict, else its first), or a folder holding exactly one data file. A
+name that is no file or folder here but reads like a Hugging Face Hub dataset id (`org/name`,
+`org/name:split`, default split "train") is loaded with `datasets.load_dataset`.
 
 Text is UTF-8, with or without the byte-order mark that Excel's "CSV UTF-8" and Notepad write
 (left in, it glues itself to the first column's name: a "missing column" that is there);
@@ -19,11 +21,13 @@ be written (or was cut by a crash) passes skip_torn_tail=True: an unreadable LAS
 from __future__ import annotations
 
 import json
+import re
 from pathlib import Path
 
 from generator.errors import UserError
 
 DATA_SUFFIXES = (".jsonl", ".json", ".csv", ".parquet")
+HUB_ID = re.compile(r"[A-Za-z0-9][\w.-]*/[\w.-]+(?::[\w.-]+)?")  # org/name[:split]
 
 
 def decode(data: bytes, where: str | Path) -> str:
@@ -50,6 +54,8 @@ def read_rows(path: str | Path, skip_torn_tail: bool = False) -> list[tuple[str,
     """(where, raw row) pairs of any accepted input; `where` ("FILE line N" for JSONL and CSV,
     "FILE row N" for a JSON list, parquet or HF datasets) is for messages about that row. Rows are
     returned as found (callers check their fields); an empty input gives []."""
+    if not Path(path).exists() and HUB_ID.fullmatch(str(path)):
+        return _hub_id_rows(str(path))
     path = Path(path)
     if not path.exists():
         raise UserError(f"{path}: no such file or folder")
@@ -201,3 +207,20 @@ def _hf_rows(folder: Path) -> list[tuple[str, object]]:
             raise UserError(f"{folder}: the DatasetDict has no splits")
         ds, folder = ds[split], folder / split
     return [(f"{folder} row {n}", r) for n, r in enumerate(ds, 1)]
+
+
+def _hub_id_rows(spec: str) -> list[tuple[str, object]]:
+    """Rows of a Hub dataset `org/name[:split]`. Anything that stops it (no network, an unknown
+    or private repo, no such split) is one line, which also says no local file has that name: a
+    mistyped local path reads like a hub id too."""
+    name, _, split = spec.partition(":")
+    split = split or "train"
+    try:
+        import datasets
+
+        ds = datasets.load_dataset(name, split=split)
+    except Exception as e:  # noqa: BLE001 -- any failure of the loader is the same one-line message
+        why = (str(e).strip().splitlines() or [type(e).__name__])[0][:300]
+        raise UserError(f"{spec}: no such file or folder here, and not loadable as the Hugging Face Hub dataset "
+                        f"{name!r} (split {split!r}): {why}") from None
+    return [(f"{name}:{split} row {i + 1}", dict(row)) for i, row in enumerate(ds)]

@@ -216,3 +216,37 @@ def test_followups_carry_the_persona_both_ways(tmp_path, templates, method):
             assert "In the next message the user " in q and "The user is a beekeeper." in q
             assert q.endswith("<|im_start|>user\n")
         assert all(any(r["messages"][1]["content"] in q for q in follow) for r in records)  # the answer precedes it
+
+
+@pytest.mark.parametrize("mode,stage", [("alpaca", "alpaca"), ("self-instruct", "bootstrap")])
+def test_personas_steer_the_bootstrap_modes_in_turn(tmp_path, templates, mode, stage):
+    """--personas beyond magpie: each alpaca / bootstrap request carries the next persona into its
+    template, and the records keep the persona of the request they came from."""
+    from generator.templates import load_templates
+
+    shipped = load_templates()[stage].render(structured=False, examples=[{"id": "a", "instruction": "Say hi.",
+                                             "input": "", "output": "Hi."}], num_tasks=2, num_instructions=2,
+                                             start=2, persona="a beekeeper in Wales")
+    assert "one that a beekeeper in Wales would bring to an AI assistant" in shipped.user
+    folder = Path(templates)
+    body = (folder / f"{stage}.jinja").read_text().replace("{% endblock %}", " P=<<{{ persona }}>>{% endblock %}")
+    (folder / f"{stage}.jinja").write_text(body)
+    personas = tmp_path / "personas.txt"
+    personas.write_text("a beekeeper\na night-shift nurse\n")
+    seen = []
+    script = Script()
+
+    def spy(kind, req):
+        text = req["messages"][-1]["content"]
+        if text.startswith(f"STAGE={stage}"):
+            seen.append(re.search(r"P=<<(.*)>>", text).group(1))
+        return script(kind, req)
+
+    with FaultServer(script=spy) as srv:
+        generate(_cfg(tmp_path, srv.url, templates, mode=mode, num_instructions=6, personas=str(personas),
+                      concurrency=1))
+    assert len(seen) >= 2 and seen == [("a beekeeper", "a night-shift nurse")[i % 2] for i in range(len(seen))]
+    records = _rows(tmp_path / "run" / "data.jsonl")
+    assert {r["persona"] for r in records} == {"a beekeeper", "a night-shift nurse"} and len(records) >= 6
+    assert all("system_prompt" not in r for r in records)
+    _check_bookkeeping(tmp_path / "run")

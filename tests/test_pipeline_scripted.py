@@ -552,9 +552,11 @@ def test_bad_personas_file_is_a_clear_error(tmp_path, templates, content, expect
         generate(_cfg(tmp_path, "http://127.0.0.1:9/v1", templates, mode="magpie", personas=str(personas)))
 
 
-def test_personas_steer_magpie_only(tmp_path, templates):
-    with pytest.raises(UserError, match="steer --mode magpie"):
-        generate(_cfg(tmp_path, "http://127.0.0.1:9/v1", templates, personas="p.txt"))
+def test_system_prompts_steer_magpie_only(tmp_path, templates):
+    """--personas steer every mode (tests/test_conversation.py); a system prompts file only magpie,
+    whose request is written after a system turn."""
+    with pytest.raises(UserError, match="--system-prompts steer --mode magpie"):
+        generate(_cfg(tmp_path, "http://127.0.0.1:9/v1", templates, system_prompts="p.txt"))
 
 
 def test_magpie_without_a_readable_chat_template_is_a_clear_error(tmp_path, templates):

@@ -172,3 +172,21 @@ def test_split_eval_is_deterministic_and_disjoint(tmp_path):
     assert {e.alpaca for e in train}.isdisjoint({e.alpaca for e in held})
     assert [e.alpaca for e in split_eval(examples, 0.1, seed=3)[1]] == [e.alpaca for e in held]
     assert split_eval(examples, 0.0, seed=3) == (examples, [])
+
+
+def test_hub_id_is_tried_when_no_local_file_has_the_name(tmp_path, monkeypatch):
+    """`org/name[:split]` that is no local path goes to datasets.load_dataset; offline (this
+    machine, and HF_HUB_OFFLINE here) it is one line naming the id, the split and that no local
+    file has the name. Loading from the Hub itself is not tested: no network here."""
+    from generator.rows import HUB_ID, read_rows
+
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    monkeypatch.chdir(tmp_path)
+    assert HUB_ID.fullmatch("tatsu-lab/alpaca") and HUB_ID.fullmatch("org/name:test")
+    assert not HUB_ID.fullmatch("runs/gen/data.jsonl") and not HUB_ID.fullmatch("/abs/path")
+    with pytest.raises(UserError, match=r"org/tiny:test: no such file or folder here, and not loadable as the "
+                                        r"Hugging Face Hub dataset 'org/tiny' \(split 'test'\): "):
+        read_rows("org/tiny:test")
+    (tmp_path / "org").mkdir()
+    (tmp_path / "org" / "tiny").write_text('{"instruction": "Say hi.", "output": "Hi."}\n')
+    assert read_rows("org/tiny")[0][1] == {"instruction": "Say hi.", "output": "Hi."}  # a local file wins
