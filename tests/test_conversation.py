@@ -250,3 +250,10 @@ def test_personas_steer_the_bootstrap_modes_in_turn(tmp_path, templates, mode, s
     assert {r["persona"] for r in records} == {"a beekeeper", "a night-shift nurse"} and len(records) >= 6
     assert all("system_prompt" not in r for r in records)
     _check_bookkeeping(tmp_path / "run")
+    if mode == "alpaca":  # the report splits counts and diversity by persona
+        from trainer.report import write_report
+
+        html = Path(write_report(str(tmp_path / "run"), None, None, str(tmp_path / "r.html"))).read_text()
+        assert "records by persona" in html and "<h3>By persona</h3>" in html
+        by = html[html.index("<h3>By persona</h3>"):]
+        assert "a beekeeper" in by[:2000] and "a night-shift nurse" in by[:2000]

@@ -264,7 +264,31 @@ def _novelty_section(doc: _Doc, unique, threshold: float | None) -> None:
     body += "<h3>Closest pairs</h3>" + _table(
         [(f"{s:.3f}", unique[i]["instruction"][:200], (neighbours[i] or "")[:200])
          for s, i in closest], ("ROUGE-L", "instruction", "most similar"))
+    body += _steer_table(unique)
     doc.add("novelty", "Nearest-neighbour ROUGE-L", body)
+
+
+def _steer_table(unique) -> str:
+    """Diversity split by what steered the requests (--personas / --system-prompts), when several
+    did: per persona, how many instructions, how long, how many distinct opening words, and how
+    close each is to its nearest neighbour among that persona's own (lower: more varied)."""
+    for key in ("persona", "system_prompt"):
+        groups: dict[str, list[str]] = {}
+        for r in unique:
+            if r.get(key):
+                groups.setdefault(r[key], []).append(r["instruction"])
+        if len(groups) < 2:
+            continue
+        rows = []
+        for name, texts in sorted(groups.items(), key=lambda kv: -len(kv[1])):
+            near = [n[0] for n in nearest_neighbours(texts) if n]
+            firsts = {t.split()[0].lower() for t in texts if t.split()}
+            rows.append((_clip(name, 80), len(texts), f"{statistics.mean(len(t.split()) for t in texts):.1f}",
+                         _pct(len(firsts) / len(texts)), f"{statistics.mean(near):.3f}" if near else "-"))
+        label = key.replace("_", " ")
+        return f"<h3>By {e(label)}</h3>" + _table(rows, (label, "instructions", "mean words", "distinct first words",
+                                                        f"mean nearest ROUGE-L within the {label}"))
+    return ""
 
 
 def _clip(text: str, n: int = 1500) -> str:
