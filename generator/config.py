@@ -2,7 +2,9 @@
 
 Each stage (serve, generate, train, eval) has one dataclass. `load_config` merges, in order:
 the dataclass defaults, the YAML file's keys, then the flags the user actually gave. Unknown YAML
-keys and values of the wrong type are user errors that name the file and the key.
+keys and values of the wrong type are user errors that name the file and the key. A dataclass may
+list `YAML_ALIASES` (a ClassVar: {name users bring from another tool: our field}), so a
+TrainingArguments-style YAML (`learning_rate`, `per_device_train_batch_size`...) reads as is.
 """
 
 from __future__ import annotations
@@ -41,6 +43,8 @@ def _check_type(value: Any, tp: Any, where: str) -> Any:
             return value
         raise UserError(f"{where}: expected true or false, got {value!r}")
     if tp is int:
+        if isinstance(value, float) and value.is_integer():  # 3.0 epochs, as HF's YAMLs write them
+            value = int(value)
         if isinstance(value, int) and not isinstance(value, bool):
             return value
         raise UserError(f"{where}: expected an integer, got {value!r}")
@@ -75,9 +79,15 @@ def load_config(cls: type[T], yaml_path: str | Path | None = None, overrides: di
     hints = typing.get_type_hints(cls)
     names = {f.name for f in dataclasses.fields(cls)}
     values: dict[str, Any] = {}
+    aliases = getattr(cls, "YAML_ALIASES", {})
     if yaml_path:
+        given: dict[str, str] = {}
         for key, value in read_yaml(yaml_path).items():
             k = str(key).replace("-", "_")
+            k = aliases.get(k, k)
+            if k in given:
+                raise UserError(f"{yaml_path}: {given[k]!r} and {key!r} both set {k}; keep one")
+            given[k] = str(key)
             if k not in names:
                 raise UserError(f"{yaml_path}: unknown setting {key!r}; known: {', '.join(sorted(names))}")
             values[k] = _check_type(value, hints[k], f"{yaml_path}: {key}")

@@ -190,3 +190,26 @@ def test_hub_id_is_tried_when_no_local_file_has_the_name(tmp_path, monkeypatch):
     (tmp_path / "org").mkdir()
     (tmp_path / "org" / "tiny").write_text('{"instruction": "Say hi.", "output": "Hi."}\n')
     assert read_rows("org/tiny")[0][1] == {"instruction": "Say hi.", "output": "Hi."}  # a local file wins
+
+
+def test_train_yaml_takes_trainingarguments_and_trl_names(tmp_path):
+    """A user's HF / TRL YAML reads as is: the names map onto Sprout's settings, 3.0 epochs is 3,
+    and one setting given under both names is refused."""
+    from generator.config import load_config
+    from trainer.config import TrainConfig
+
+    y = tmp_path / "sft.yaml"
+    y.write_text("model_name_or_path: my/model\ndataset_name: org/data\noutput_dir: out\nlearning_rate: 1.0e-4\n"
+                 "num_train_epochs: 2.0\nper_device_train_batch_size: 16\ngradient_accumulation_steps: 4\n"
+                 "lr_scheduler_type: linear\nmax_seq_length: 2048\nlora_target_modules: [q_proj, v_proj]\n"
+                 "warmup_ratio: 0.1\n")
+    cfg = load_config(TrainConfig, y, {"lr": None, "batch_size": 2})
+    assert (cfg.model, cfg.data, cfg.out, cfg.lr, cfg.epochs, cfg.batch_size, cfg.grad_accum, cfg.schedule,
+            cfg.max_length, cfg.target_modules, cfg.warmup_ratio) == \
+        ("my/model", "org/data", "out", 1e-4, 2, 2, 4, "linear", 2048, ["q_proj", "v_proj"], 0.1)  # the flag wins
+    y.write_text("lr: 1.0e-4\nlearning_rate: 2.0e-4\n")
+    with pytest.raises(UserError, match="'lr' and 'learning_rate' both set lr"):
+        load_config(TrainConfig, y)
+    y.write_text("num_train_epochs: 2.5\n")
+    with pytest.raises(UserError, match="num_train_epochs: expected an integer"):
+        load_config(TrainConfig, y)

@@ -5,6 +5,7 @@ names the setting, before any model is loaded."""
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from typing import ClassVar
 
 from generator.errors import UserError
 
@@ -72,6 +73,16 @@ class TrainConfig:
     progress: bool = True  # tqdm progress bar on stderr
     # mirrors of metrics.jsonl: tensorboard (when installed) | wandb | mlflow | none (trainer/trackers.py)
     report_to: list[str] = field(default_factory=lambda: ["tensorboard"])
+
+    # --config YAML may use the names of transformers' TrainingArguments and TRL's configs for the
+    # same settings (a user's existing YAML reads as is); flags keep Sprout's names.
+    YAML_ALIASES: ClassVar[dict[str, str]] = {
+        "learning_rate": "lr", "num_train_epochs": "epochs", "per_device_train_batch_size": "batch_size",
+        "gradient_accumulation_steps": "grad_accum", "lr_scheduler_type": "schedule", "output_dir": "out",
+        "model_name_or_path": "model", "dataset_name": "data", "lora_target_modules": "target_modules",
+        "max_seq_length": "max_length", "eval_steps": "eval_every", "save_steps": "save_every",
+        "logging_steps": "log_every", "save_total_limit": "keep_checkpoints",
+    }
 
 
 def check(cfg: TrainConfig) -> TrainConfig:
