@@ -54,8 +54,8 @@ def read_rows(path: str | Path, skip_torn_tail: bool = False) -> list[tuple[str,
     """(where, raw row) pairs of any accepted input; `where` ("FILE line N" for JSONL and CSV,
     "FILE row N" for a JSON list, parquet or HF datasets) is for messages about that row. Rows are
     returned as found (callers check their fields); an empty input gives []."""
-    if not Path(path).exists() and HUB_ID.fullmatch(str(path)):
-        return _hub_id_rows(str(path))
+    if not Path(path).exists() and HUB_ID.fullmatch(str(path)) and Path(str(path)).suffix.lower() not in DATA_SUFFIXES:
+        return _hub_id_rows(str(path))  # a mistyped "seeds/x.jsonl" stays a missing file
     path = Path(path)
     if not path.exists():
         raise UserError(f"{path}: no such file or folder")

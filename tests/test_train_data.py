@@ -187,6 +187,8 @@ def test_hub_id_is_tried_when_no_local_file_has_the_name(tmp_path, monkeypatch):
     with pytest.raises(UserError, match=r"org/tiny:test: no such file or folder here, and not loadable as the "
                                         r"Hugging Face Hub dataset 'org/tiny' \(split 'test'\): "):
         read_rows("org/tiny:test")
+    with pytest.raises(UserError, match=r"^seeds/missing.jsonl: no such file or folder$"):
+        read_rows("seeds/missing.jsonl")  # a data file's name is never taken for a hub id
     (tmp_path / "org").mkdir()
     (tmp_path / "org" / "tiny").write_text('{"instruction": "Say hi.", "output": "Hi."}\n')
     assert read_rows("org/tiny")[0][1] == {"instruction": "Say hi.", "output": "Hi."}  # a local file wins
