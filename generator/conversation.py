@@ -114,10 +114,10 @@ def followup_reasons(text: str, finish_reason: str, conversation: list[dict], ma
 
 def on_topic(text: str, conversation: list[dict]) -> float:
     """Share of the follow-up's content words that the conversation used: it follows from it."""
-    from generator.scoring import _content_words
+    from generator.scoring import content_words
 
-    words = _content_words(text)
-    said = set().union(*(_content_words(m["content"]) for m in conversation))
+    words = content_words(text)
+    said = set().union(*(content_words(m["content"]) for m in conversation))
     return len(words & said) / len(words) if words else 0.0
 
 
@@ -146,8 +146,6 @@ async def extend(p, conversation: list[dict], turns: int, persona: str | None) -
     """Grow `conversation` ([user, assistant]) to up to `turns` assistant turns with the pipeline
     `p`'s teacher, scorer and budget. Returns (messages, per-turn details); stops at the first
     turn that fails, counting why."""
-    from generator.scoring import new_candidate
-
     messages, details = list(conversation), []
     for _ in range(turns - 1):
         move = p.rng.choice(sorted(MOVES))
@@ -172,14 +170,11 @@ async def extend(p, conversation: list[dict], turns: int, persona: str | None) -
             break
         sampling = {"n": p.cfg.responses, "temperature": p.cfg.response_temperature,
                     "top_p": p.cfg.response_top_p, "max_tokens": max_tokens}
-        answer = await p._request("respond", ask, **sampling)
-        if answer is None:
-            break
-        cands = [new_candidate(t, f) for t, f in zip(answer.texts, answer.finish_reasons)]
         # relevance to the conversation's topic and to the follow-up; checks against the follow-up
-        best, reason = await p.scorer(messages[0]["content"] + "\n" + followup, followup, "", cands, [])
-        p.candidates += len(cands)
-        p.passing += sum(1 for c in cands if not c["reasons"])
+        answered = await p.answer(ask, sampling, messages[0]["content"] + "\n" + followup, followup, "", [])
+        if answered is None:
+            break
+        cands, best, reason, model = answered
         if best is None:
             p._reject({"stage": "respond", "turn": len(details) + 2, "followup": followup, "candidates": cands},
                       "turn_" + (reason or "no_response"))
@@ -187,5 +182,5 @@ async def extend(p, conversation: list[dict], turns: int, persona: str | None) -
         messages += [{"role": "user", "content": followup}, {"role": "assistant", "content": cands[best]["text"]}]
         details.append({"move": move, "followup": followup, "followup_method": p.followup_method,
                         "candidates": cands, "selected": best,
-                        "scores": cands[best]["scores"], "response": {**sampling, "model": answer.model}})
+                        "scores": cands[best]["scores"], "response": {**sampling, "model": model}})
     return messages, details

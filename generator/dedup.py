@@ -9,6 +9,7 @@ import dataclasses
 import json
 from pathlib import Path
 
+from generator.config import setting
 from generator.errors import UserError
 from generator.novelty import TOKENIZERS, NoveltyPool
 from generator.rows import read_rows
@@ -69,23 +70,20 @@ def dedup_file(in_path, out_path, threshold: float = 0.7, key: str = "instructio
 
 @dataclasses.dataclass
 class DedupConfig:
-    threshold: float = 0.7
-    key: str = "instruction"
-    stem: bool = False
-    tokenizer: str = "rouge"
+    threshold: float = setting(0.7, "drop a record when ROUGE-L F > this")
+    key: str = setting("instruction", "field holding the text to compare")
+    stem: bool = setting(False, "Porter-stem tokens first (rouge_score's use_stemmer)")
+    tokenizer: str = setting("rouge", "words ROUGE-L counts: rouge (rouge_score's [a-z0-9] runs) or unicode "
+                             "(letters and digits of any script, each CJK character a word)", choices=TOKENIZERS)
 
 
 def add_dedup_args(p) -> None:
-    """Arguments of `sprout dedup` on argparse parser `p`."""
+    """Arguments of `sprout dedup` on argparse parser `p`: the two files, then DedupConfig's flags."""
+    from generator.config import add_flags
+
     p.add_argument("input", metavar="IN", help="dataset to read: JSONL, JSON, CSV, parquet or a run / HF datasets folder")
     p.add_argument("output", metavar="OUT", help="JSONL file for the kept records")
-    p.add_argument("--threshold", type=float, help="drop a record when ROUGE-L F > this (default 0.7)")
-    p.add_argument("--key", help="field holding the text to compare (default instruction)")
-    p.add_argument("--stem", action="store_true", default=None,
-                   help="Porter-stem tokens first (rouge_score's use_stemmer)")
-    p.add_argument("--tokenizer", choices=TOKENIZERS,
-                   help="words ROUGE-L counts: rouge (rouge_score's [a-z0-9] runs, the default) or unicode "
-                        "(letters and digits of any script, each CJK character a word)")
+    add_flags(p, DedupConfig)
     p.set_defaults(func=run_dedup)
 
 

@@ -2,10 +2,14 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass
+
+from generator.config import same_as, setting
 
 from generator.filters import DEFAULT_BLOCKLIST
 from generator.novelty import TOKENIZERS
+from generator.scoring import ScoreConfig
+from generator.templates import STAGES
 
 # The papers' sampling settings. Self-Instruct: bootstrap at temperature 0.7, top_p 0.5, presence
 # penalty 2; instances greedy with presence penalty 1.5 (the paper's instance-generation call).
@@ -27,75 +31,124 @@ MODE_DEFAULTS = {
 SAMPLING_KEYS = tuple(MODE_DEFAULTS["alpaca"])
 
 
+_RUN, _TEACHER, _PROMPTS, _SAMPLING = "run", "teacher", "prompts and examples", "sampling"
+_FILTERS, _RESPONSES, _STEER = "instruction filters", "responses and conversations", "who asks"
+
+
 @dataclass
 class GenerateConfig:
-    out: str = ""
-    seeds: str | None = None  # default: the shipped seeds/seed_tasks.jsonl
-    num_instructions: int = 100
-    mode: str = "alpaca"  # alpaca | self-instruct
-    # teacher: a running OpenAI-compatible server, or (when teacher_url is None) one we start
-    teacher_url: str | None = None  # comma-separated for several replicas
-    teacher_model: str | None = None
-    api_key_env: str | None = None  # name of the variable holding the key; the key is never stored
-    model: str | None = None  # model to serve when we start the teacher ourselves
-    api: str = "chat"  # chat | completion
-    structured: str = "auto"  # auto (JSON schema when the teacher is vLLM) | json | text
-    templates: str | None = None
-    template: list[str] = field(default_factory=list)  # STAGE=FILE overrides
-    concurrency: int = 64
-    request_timeout: float = 600.0
-    max_requests: int | None = None  # give up after this many requests (default 20 x target + 200)
-    fsync: str = "group"  # group: fsync data.jsonl after each group | close: only at the end (see runs.py)
-    seed: int = 0
-    # alpaca mode
-    tasks_per_prompt: int = 8
-    examples_per_prompt: int = 3
-    # self-instruct mode
-    seed_examples: int = 6
-    machine_examples: int = 2
-    instructions_per_prompt: int = 8
-    max_instances: int = 5
-    # sampling (None = the mode's default above)
-    temperature: float | None = None
-    top_p: float | None = None
-    presence_penalty: float | None = None
-    max_tokens: int | None = None
-    instance_max_tokens: int | None = None
-    instance_temperature: float | None = None
-    instance_top_p: float | None = None
-    # filters
-    min_words: int = 4
-    max_words: int = 150
-    blocklist: list[str] = field(default_factory=lambda: list(DEFAULT_BLOCKLIST))
-    novelty_threshold: float = 0.7
-    stem: bool = False
-    decontaminate: list[str] = field(default_factory=list)  # files whose instructions must not leak in
-    # languages other than English
-    ascii_start: bool = True  # drop instructions that start with a non-ASCII character (the papers')
-    tokenizer: str = "rouge"  # ROUGE-L words: rouge (rouge_score's [a-z0-9] runs) | unicode (any script)
-    instance_presence_penalty: float | None = None  # sampling, None = the mode's default
-    # responses: every kept instruction answered again in chat form, N samples, best kept
-    responses: int = 4  # samples per instruction; 0 = keep the outputs the instruction stage wrote
-    response_temperature: float = 0.8
-    response_top_p: float = 0.95
-    response_max_tokens: int = 384
-    turns: str = "1"  # assistant turns per conversation: K or a range A-B (generator/conversation.py)
-    followup: str = "auto"  # how the user's follow-ups are written: magpie | template | auto (magpie when possible)
-    constraints: float = 0.3  # share of instructions given 1..max_constraints verifiable constraints
-    max_constraints: int = 2
-    # scoring (generator.scoring.ScoreConfig): checks always run; verifiers, judge, reward on demand
-    score: list[str] = field(default_factory=lambda: ["verifiers"])
-    min_score: float | None = None
-    judge_url: str | None = None
-    judge_model: str | None = None
-    judge_template: str | None = None
-    reward_model: str | None = None
-    system_prompt: str | None = None  # magpie: a system turn before the user turn (steers the domain)
-    system_prompts: str | None = None  # magpie: a file of system prompts, one per request in turn
-    personas: str | None = None  # magpie: a file of personas (who the user is), one per request in turn
-    # the teacher's context window (default: what vLLM reports); vLLM arguments when we start it
-    max_model_len: int | None = None
-    vllm_args: list[str] = field(default_factory=list)
+    # --- the run ----------------------------------------------------------------------------
+    out: str = setting("", "run directory (created, or resumed if it exists)", group=_RUN)
+    seeds: str | None = setting(None, "seed tasks: Self-Instruct JSONL, Alpaca JSON/JSONL, CSV or parquet",
+                                shown="the shipped seeds/seed_tasks.jsonl", group=_RUN)
+    num_instructions: int = setting(100, "target number of kept instructions", group=_RUN)
+    mode: str = setting("alpaca", "alpaca: one pass; magpie: the teacher writes user requests from its chat "
+                        "template alone (seedless); self-instruct: bootstrap, classify, instances",
+                        choices=tuple(MODE_DEFAULTS), group=_RUN)
+    # --- the teacher: a running OpenAI-compatible server, or (teacher_url None) one we start --
+    teacher_url: str | None = setting(None, "OpenAI-compatible base URL(s), comma-separated",
+                                      shown="start vLLM here", group=_TEACHER)
+    teacher_model: str | None = setting(None, "model name on the teacher", shown="the first one it serves",
+                                        group=_TEACHER)
+    # the name of the variable, never the key: config.yaml is written to disk
+    api_key_env: str | None = setting(None, "environment variable holding the API key", group=_TEACHER,
+                                      shown="$OPENAI_API_KEY, sent only to api.openai.com")
+    model: str | None = setting(None, "model to serve when no --teacher-url is given", group=_TEACHER,
+                                shown="the embedded SmolLM2-135M-Instruct")
+    api: str = setting("chat", "chat messages or raw completion prompts", choices=("chat", "completion"),
+                       group=_TEACHER)
+    structured: str = setting("auto", "JSON-schema guided replies (auto: when the teacher is vLLM) or numbered "
+                              "text", choices=("auto", "json", "text"), group=_TEACHER)
+    concurrency: int = setting(64, "sequences in flight; a request for n samples counts n", group=_TEACHER)
+    request_timeout: float = setting(600.0, "seconds per request", group=_TEACHER)
+    max_requests: int | None = setting(None, "give up after this many requests", group=_TEACHER,
+                                       shown="20 per target instruction, 40 with --responses, plus 200")
+    max_model_len: int | None = setting(None, "the teacher's context length", group=_TEACHER,
+                                        shown="what vLLM reports; when Sprout starts the teacher: the model's own")
+    vllm_args: list[str] = setting(help="argument for the vLLM server Sprout starts when no --teacher-url is given, "
+                                   "e.g. --vllm-arg=--tensor-parallel-size=2 (repeatable)", factory=list,
+                                   flag="--vllm-arg", metavar="ARG", group=_TEACHER)
+    # --- prompts and examples -------------------------------------------------------------------
+    templates: str | None = setting(None, "folder of stage templates replacing ours (see docs/templates.md)",
+                                    group=_PROMPTS)
+    template: list[str] = setting(help="replace one stage's template (repeatable); stages: " + ", ".join(STAGES),
+                                  factory=list, metavar="STAGE=FILE", group=_PROMPTS)
+    seed: int = setting(0, "random seed for example sampling", group=_PROMPTS)
+    tasks_per_prompt: int = setting(8, "alpaca: tasks asked for per request", group=_PROMPTS)
+    examples_per_prompt: int = setting(3, "alpaca: seed tasks shown per request", group=_PROMPTS)
+    seed_examples: int = setting(6, "self-instruct: seed instructions shown per request once machine ones exist",
+                                 shown="6, the paper's", group=_PROMPTS)
+    machine_examples: int = setting(2, "self-instruct: machine instructions shown per request", group=_PROMPTS)
+    instructions_per_prompt: int = setting(8, "self-instruct / magpie: instructions asked for per request",
+                                           group=_PROMPTS)
+    max_instances: int = setting(5, "self-instruct: instances per instruction", group=_PROMPTS)
+    # --- sampling: None = the mode's (MODE_DEFAULTS, the papers' settings) ----------------------
+    temperature: float | None = setting(None, "temperature of the main request", shown="the mode's", group=_SAMPLING)
+    top_p: float | None = setting(None, "top-p of the main request", shown="the mode's", group=_SAMPLING)
+    presence_penalty: float | None = setting(None, "presence penalty of the main request", shown="the mode's",
+                                             group=_SAMPLING)
+    max_tokens: int | None = setting(None, "max tokens of the main request", shown="the mode's", group=_SAMPLING)
+    instance_max_tokens: int | None = setting(None, "self-instruct: max tokens of the instance request",
+                                              shown="300", group=_SAMPLING)
+    instance_temperature: float | None = setting(None, "self-instruct: temperature of the instance request",
+                                                 shown="0", group=_SAMPLING)
+    instance_top_p: float | None = setting(None, "self-instruct: top-p of the instance request", shown="1",
+                                           group=_SAMPLING)
+    # --- instruction filters --------------------------------------------------------------------
+    min_words: int = setting(4, "drop instructions shorter than this many words", group=_FILTERS)
+    max_words: int = setting(150, "drop instructions longer than this many words", group=_FILTERS)
+    blocklist: list[str] = setting(help="drop instructions containing this word (repeatable; replaces the papers' "
+                                   "list)", factory=lambda: list(DEFAULT_BLOCKLIST), metavar="WORD", group=_FILTERS)
+    novelty_threshold: float = setting(0.7, "drop instructions with ROUGE-L F above this against the pool",
+                                       group=_FILTERS)
+    stem: bool = setting(False, "Porter-stem words before ROUGE-L (rouge-score's option)", group=_FILTERS)
+    decontaminate: list[str] = setting(help="drop instructions overlapping these files (13-gram or ROUGE-L); "
+                                       "repeatable", factory=list, metavar="FILE", group=_FILTERS)
+    # --- languages other than English ----------------------------------------------------------
+    ascii_start: bool = setting(True, "keep only instructions that start with an ASCII character (the papers' "
+                                "rule; --no-ascii-start for other scripts)", group=_FILTERS)
+    tokenizer: str = setting("rouge", "ROUGE-L words for novelty and decontamination: rouge (rouge-score's, "
+                             "English) or unicode (words of any script, each CJK character a word)",
+                             choices=TOKENIZERS, group=_FILTERS)
+    instance_presence_penalty: float | None = setting(None, "self-instruct: presence penalty of the instance "
+                                                      "request", shown="1.5, the paper's", group=_SAMPLING)
+    # --- responses: every kept instruction answered again in chat form, N samples, best kept ----
+    responses: int = setting(4, "answer every kept instruction again in chat form, N samples, and keep the best "
+                             "that passes every check (0 keeps the outputs the instruction stage wrote)",
+                             group=_RESPONSES)
+    response_temperature: float = setting(0.8, "sampling temperature of the responses", group=_RESPONSES)
+    response_top_p: float = setting(0.95, "top-p of the responses", group=_RESPONSES)
+    response_max_tokens: int = setting(384, "max tokens of one response", group=_RESPONSES)
+    turns: str = setting("1", "assistant turns per conversation: K, or a range A-B drawn per conversation; above 1 "
+                         "the teacher, playing the user, follows up on each kept answer and every turn is scored "
+                         "like the first; records then carry `messages`", group=_RESPONSES)
+    followup: str = setting("auto", "how the teacher writes the user's follow-ups: magpie (it continues the chat "
+                            "template's user turn after the conversation, as Magpie does for the first request), "
+                            "template (it is asked to play the user, prompts/followup.jinja) or auto: magpie when "
+                            "Sprout can render the teacher's chat template, else template",
+                            choices=("auto", "magpie", "template"), group=_RESPONSES)
+    constraints: float = setting(0.3, "share of instructions given verifiable constraints that a response must "
+                                 "meet to be kept (see docs/verifiers.md)", group=_RESPONSES)
+    max_constraints: int = setting(2, "most constraints added to one instruction", group=_RESPONSES)
+    # --- scoring (generator.scoring.ScoreConfig): the same settings as `sprout score` -----------
+    score: list[str] = same_as(ScoreConfig, "score")
+    min_score: float | None = same_as(ScoreConfig, "min_score")
+    judge_url: str | None = same_as(ScoreConfig, "judge_url")
+    judge_model: str | None = same_as(ScoreConfig, "judge_model")
+    judge_template: str | None = same_as(ScoreConfig, "judge_template")
+    reward_model: str | None = same_as(ScoreConfig, "reward_model")
+    # --- who asks -----------------------------------------------------------------------------
+    system_prompt: str | None = setting(None, "magpie: a system prompt before the user turn, to steer the "
+                                        "requests' domain", group=_STEER)
+    system_prompts: str | None = setting(None, "magpie: system prompts (one per line, or JSONL with "
+                                         "\"system_prompt\"), one per request in turn; each record keeps the one "
+                                         "it came from", metavar="FILE", group=_STEER)
+    personas: str | None = setting(None, "personas, who the user is (one per line, or JSONL with \"persona\"), "
+                                   "one per request in turn -- magpie: a system turn; alpaca / self-instruct: the "
+                                   "stage template asks for tasks such a person would bring; each record keeps its "
+                                   "persona", metavar="FILE", group=_STEER)
+    fsync: str = setting("group", "group: fsync data.jsonl after each instruction group, power-loss safe; close: "
+                         "only when the run ends", choices=("group", "close"), group=_RUN)
 
     def score_config(self):
         import dataclasses

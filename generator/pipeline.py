@@ -466,18 +466,28 @@ class Pipeline:
         prompt = self._render("respond", variables, False)
         sampling = {"n": cfg.responses, "temperature": cfg.response_temperature, "top_p": cfg.response_top_p,
                     "max_tokens": fitted[1]}
-        out = await self._request("respond", prompt, **sampling)
-        if out is None:  # counted as bad_request by _request
+        answered = await self.answer(prompt, sampling, user_turn(instruction, inp), instruction, inp, constraints)
+        if answered is None:  # counted as bad_request by _request
             return [], None, "no_response", sampling
+        cands, best, reason, model = answered
+        return cands, best, reason, {**sampling, "model": model}
+
+    async def answer(self, prompt, sampling: dict, user_text: str, instruction: str, inp: str,
+                     constraints: list[dict]):
+        """N sampled answers to `prompt`, checked and scored, counted in the response stats:
+        (candidates, index kept or None, rejection reason, model), or None when the request was
+        refused. The first turn (`_respond`) and every later turn of a conversation come here."""
+        out = await self._request("respond", prompt, **sampling)
+        if out is None:
+            return None
         cands = [new_candidate(t, f) for t, f in zip(out.texts, out.finish_reasons)]
-        user_text = user_turn(instruction, inp)
         best, reason = await self.scorer(user_text, instruction, inp, cands, constraints)
         self.candidates += len(cands)
         self.passing += sum(1 for c in cands if not c["reasons"])
         if constraints:
             self.constrained_candidates += len(cands)
             self.constrained_passing += sum(1 for c in cands if "constraint_failed" not in c["reasons"])
-        return cands, best, reason, {**sampling, "model": out.model}
+        return cands, best, reason, out.model
 
     # -- shared ---------------------------------------------------------------------------------
 

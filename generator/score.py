@@ -18,25 +18,28 @@ import json
 import os
 import sys
 from collections import Counter
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass
 from pathlib import Path
 
+from generator.config import same_as, setting
 from generator.errors import UserError
 from generator.record import user_turn
-from generator.scoring import ScoreConfig, add_scoring_flags, make_scorer, new_candidate
+from generator.scoring import ScoreConfig, make_scorer, new_candidate
 
 
 @dataclass
 class ScoreRunConfig:
-    data: str = ""  # run directory or dataset file (JSONL / JSON / CSV / parquet)
-    out: str = ""  # the scored copy (JSONL)
-    score: list[str] = field(default_factory=lambda: ["verifiers"])
-    min_score: float | None = None
-    judge_url: str | None = None
-    judge_model: str | None = None
-    judge_template: str | None = None
-    reward_model: str | None = None
-    concurrency: int = 64
+    data: str = setting("", "a Sprout run directory or an Alpaca / messages dataset (JSONL, JSON, CSV, parquet)",
+                        positional=True)
+    out: str = setting("", "the scored copy (JSONL); rejected rows go to OUT.rejected.jsonl")
+    score: list[str] = same_as(ScoreConfig, "score")
+    min_score: float | None = same_as(ScoreConfig, "min_score")
+    judge_url: str | None = same_as(ScoreConfig, "judge_url", shown="", help="OpenAI-compatible server of the "
+                                    "rating judge (needed for --score judge)")
+    judge_model: str | None = same_as(ScoreConfig, "judge_model")
+    judge_template: str | None = same_as(ScoreConfig, "judge_template")
+    reward_model: str | None = same_as(ScoreConfig, "reward_model")
+    concurrency: int = setting(64, "rows scored at once")
 
     def score_config(self) -> ScoreConfig:
         import dataclasses
@@ -140,11 +143,9 @@ def score(cfg: ScoreRunConfig) -> dict:
 
 
 def add_score_args(p) -> None:
-    a = p.add_argument
-    a("data", nargs="?", help="a Sprout run directory or an Alpaca / messages dataset (JSONL, JSON, CSV, parquet)")
-    a("--out", help="the scored copy (JSONL); rejected rows go to OUT.rejected.jsonl")
-    add_scoring_flags(p, judge_default="needed for --score judge")
-    a("--concurrency", type=int, help="rows scored at once (default 64)")
+    from generator.config import add_flags
+
+    add_flags(p, ScoreRunConfig)
     p.set_defaults(func=run_score)
 
 

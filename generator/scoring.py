@@ -28,9 +28,10 @@ from __future__ import annotations
 import asyncio
 import math
 import re
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
 from generator import verifiers
+from generator.config import setting
 from generator.errors import UserError
 
 SCORERS = ("verifiers", "judge", "reward")
@@ -38,12 +39,18 @@ SCORERS = ("verifiers", "judge", "reward")
 
 @dataclass
 class ScoreConfig:
-    score: list[str] = field(default_factory=lambda: ["verifiers"])  # checks always run
-    min_score: float | None = None  # judge score (1-10) below which the chosen answer is dropped
-    judge_url: str | None = None  # default: the teacher
-    judge_model: str | None = None
-    judge_template: str | None = None  # default prompts/rate.jinja
-    reward_model: str | None = None  # HF folder of a sequence-classification reward model
+    # the checks (empty, cut, degenerate, deflecting, off-topic...) always run; these come on top
+    score: list[str] = setting(help="scorers besides the always-on checks, comma-separated: verifiers, judge, reward",
+                               factory=lambda: ["verifiers"], repeat="csv", group="scoring")
+    min_score: float | None = setting(None, "drop an answer the judge rates below this (1-10; needs judge)",
+                                      group="scoring")
+    judge_url: str | None = setting(None, "OpenAI-compatible server of the rating judge", group="scoring",
+                                    shown="the teacher")
+    judge_model: str | None = setting(None, "model name on the judge server", shown="the first it serves",
+                                      group="scoring")
+    judge_template: str | None = setting(None, "Jinja rating prompt", shown="prompts/rate.jinja", group="scoring")
+    reward_model: str | None = setting(None, "HF folder of a sequence-classification reward model (with --score "
+                                       "...,reward)", group="scoring")
 
     def validate(self) -> None:
         unknown = [s for s in self.score if s not in SCORERS]
@@ -55,18 +62,6 @@ class ScoreConfig:
             raise UserError("--min-score filters on the judge's rating: add judge to --score")
         if self.min_score is not None and not 1 <= self.min_score <= 10:
             raise UserError(f"--min-score {self.min_score}: the judge rates 1-10")
-
-
-def add_scoring_flags(p, judge_default: str) -> None:
-    """The scorer flags, one definition for `sprout generate` and `sprout score`."""
-    a = p.add_argument
-    a("--score", type=lambda v: [s.strip() for s in v.split(",") if s.strip()],
-      help="scorers besides the always-on checks, comma-separated: verifiers, judge, reward (default verifiers)")
-    a("--min-score", type=float, help="drop an answer the judge rates below this (1-10; needs judge)")
-    a("--judge-url", help=f"OpenAI-compatible server of the rating judge ({judge_default})")
-    a("--judge-model", help="model name on the judge server (default: the first it serves)")
-    a("--judge-template", help="Jinja rating prompt (default prompts/rate.jinja)")
-    a("--reward-model", help="HF folder of a sequence-classification reward model (with --score ...,reward)")
 
 
 def new_candidate(text: str, finish_reason: str = "stop") -> dict:
@@ -99,14 +94,14 @@ what which who whom whose when where why how all any each few more most other so
 also only please me my mine we our ours it its i he she his her him write give make tell using use""".split())
 
 
-def _content_words(text: str) -> set[str]:
+def content_words(text: str) -> set[str]:
     return {w for w in re.findall(r"[a-z0-9]+", text.lower()) if len(w) > 2 and w not in _STOP}
 
 
 def relevance(request: str, answer: str) -> float:
     """Share of the request's content words that the answer uses (1.0 when it has none)."""
-    want = _content_words(request)
-    return round(len(want & _content_words(answer)) / len(want), 4) if want else 1.0
+    want = content_words(request)
+    return round(len(want & content_words(answer)) / len(want), 4) if want else 1.0
 
 
 def _echoes(text: str, request: str) -> bool:

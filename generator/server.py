@@ -24,9 +24,10 @@ import sys
 import time
 import urllib.error
 import urllib.request
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 
+from generator.config import setting
 from generator.errors import UserError
 from generator.models import DEFAULT_ALIASES, EMBEDDED_NAME, resolve_model, sprout_home
 from generator.redact import redact_command
@@ -40,14 +41,15 @@ class ServerError(UserError):
 
 @dataclass
 class ServeConfig:
-    model: str | None = None  # HF folder or hub id; None = the embedded SmolLM2-135M-Instruct
-    host: str = "127.0.0.1"
-    port: int = 8000
-    lora: list[str] = field(default_factory=list)  # NAME=DIR, served as model NAME
-    served_model_name: str | None = None  # defaults to the model's name
-    max_model_len: int | None = None  # None = the model's own context length
-    startup_timeout: float = 900.0
-    extra_args: list[str] = field(default_factory=list)  # passed to vLLM unchanged
+    model: str | None = setting(None, "HF model folder or hub id", shown="the embedded SmolLM2-135M-Instruct")
+    host: str = setting("127.0.0.1", "address to bind")
+    port: int = setting(8000, "port")
+    lora: list[str] = setting(help="serve a PEFT adapter as model NAME (repeatable)", factory=list, metavar="NAME=DIR")
+    served_model_name: str | None = setting(None, "the model name clients ask for", shown="the model folder's name")
+    max_model_len: int | None = setting(None, "context length", shown="the model's own")
+    startup_timeout: float = setting(900.0, "seconds to wait for the server")
+    # `sprout serve ... -- ARGS`: the argparse remainder, not a flag of its own
+    extra_args: list[str] = setting(help="arguments passed to vLLM unchanged", factory=list, flag=False)
 
 
 def is_cpu_build() -> bool:

@@ -53,14 +53,11 @@ def _sub(subs, name: str) -> argparse.ArgumentParser:
 
 
 def _add_serve(subs) -> None:
+    from generator.config import add_flags
+    from generator.server import ServeConfig
+
     p = _sub(subs, "serve")
-    p.add_argument("--model", help="HF model folder or hub id (default: the embedded SmolLM2-135M-Instruct)")
-    p.add_argument("--host", help="address to bind (default 127.0.0.1)")
-    p.add_argument("--port", type=int, help="port (default 8000)")
-    p.add_argument("--lora", action="append", metavar="NAME=DIR", help="serve a PEFT adapter as model NAME (repeatable)")
-    p.add_argument("--max-model-len", type=int, help="context length (default: the model's own)")
-    p.add_argument("--served-model-name", help="the model name clients ask for (default: the model folder's name)")
-    p.add_argument("--startup-timeout", type=float, help="seconds to wait for the server (default 900)")
+    add_flags(p, ServeConfig)
     p.add_argument("extra_args", nargs=argparse.REMAINDER, help="after --: arguments passed to vLLM unchanged")
     p.set_defaults(func=cmd_serve)
 

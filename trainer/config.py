@@ -4,9 +4,10 @@ names the setting, before any model is loaded."""
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import ClassVar
 
+from generator.config import setting
 from generator.errors import UserError
 
 SCHEDULES = ("cosine", "linear", "constant")
@@ -15,64 +16,88 @@ DTYPES = ("auto", "float32", "bfloat16")
 METHODS = ("sft", "dpo")
 DPO_LOSSES = ("sigmoid", "ipo")
 STRATEGIES = ("ddp", "fsdp")
+# the argument groups of `sprout train --help`
+DATA, METHOD, MODEL = "data", "method", "model and LoRA"
+OPTIMISATION, LOGGING = "optimisation", "logging and checkpoints"
 
 
 @dataclass
 class TrainConfig:
+    # Each field carries its flag (generator.config.setting): `add_flags` builds `sprout train`'s
+    # flags from them, with the default in --help taken from here.
     # --- data -------------------------------------------------------------------------------
-    data: str | None = None  # run dir, export, JSONL / JSON / parquet file or HF datasets folder
-    out: str | None = None  # output folder (adapter/, metrics.jsonl, summary.json, ...)
-    eval_data: str | None = None  # a separate eval set; else `eval_fraction` of `data` is held out
-    eval_fraction: float = 0.05  # 0 turns eval off; at least one example when > 0 and data >= 2
-    instruction_field: str = "instruction"
-    input_field: str = "input"
-    output_field: str = "output"
-    messages_field: str = "messages"
-    system_prompt: str | None = None  # added as a system turn when the record has none
-    max_length: int = 1024  # tokens per example, prompt + response
-    overlong: str = "truncate"  # truncate | drop examples longer than max_length
+    data: str | None = setting(None, "run directory, JSONL / JSON / parquet file or HF datasets folder",
+                               metavar="PATH", group=DATA)
+    out: str | None = setting(None, "output folder (adapter/, metrics.jsonl, summary.json, ...)", metavar="DIR",
+                              group=DATA)
+    eval_data: str | None = setting(None, "separate eval set", metavar="PATH", group=DATA,
+                                    shown="hold out --eval-fraction")
+    # at least one example is held out when > 0 and the data has two or more
+    eval_fraction: float = setting(0.05, "share of --data held out for eval, 0 = no eval", group=DATA)
+    instruction_field: str = setting("instruction", "column holding the instruction", metavar="COLUMN", group=DATA)
+    input_field: str = setting("input", "column holding the input", metavar="COLUMN", group=DATA)
+    output_field: str = setting("output", "column holding the output", metavar="COLUMN", group=DATA)
+    messages_field: str = setting("messages", "column holding the messages", metavar="COLUMN", group=DATA)
+    system_prompt: str | None = setting(None, "system turn added to conversations that have none", group=DATA)
+    max_length: int = setting(1024, "tokens per example, prompt + response", group=DATA)
+    overlong: str = setting("truncate", "examples longer than --max-length: truncate or drop", choices=OVERLONG,
+                            group=DATA)
     # --- method -------------------------------------------------------------------------------
-    method: str = "sft"  # sft | dpo (preference pairs: prompt / chosen / rejected)
-    beta: float = 0.1  # DPO: scale of the implicit reward; larger keeps closer to the reference
-    dpo_loss: str = "sigmoid"  # sigmoid (DPO paper) | ipo
-    init_adapter: str | None = None  # LoRA adapter folder to start from (DPO: also the reference)
+    method: str = setting("sft", "sft: learn the responses; dpo: learn from preference pairs (prompt / chosen / "
+                          "rejected, e.g. sprout export RUN --format preference)", choices=METHODS, group=METHOD)
+    # DPO's beta scales the implicit reward: a larger one keeps the policy closer to the reference
+    beta: float = setting(0.1, "DPO: strength of the pull towards the reference", group=METHOD)
+    dpo_loss: str = setting("sigmoid", "DPO loss: sigmoid (the paper) or ipo", choices=DPO_LOSSES, group=METHOD)
+    init_adapter: str | None = setting(None, "start from this LoRA adapter (e.g. an SFT run's OUT/adapter); with "
+                                       "--method dpo it is also the reference policy", metavar="DIR", group=METHOD)
     # --- model and LoRA -----------------------------------------------------------------------
-    model: str | None = None  # HF folder or hub id; None = the embedded SmolLM2-135M-Instruct
-    lora_r: int = 16
-    lora_alpha: int = 32
-    lora_dropout: float = 0.05
-    target_modules: list[str] | None = None  # None = every linear layer of attention and MLP
-    # QLoRA: the frozen base in 4-bit NF4 (bitsandbytes, CUDA only), LoRA trained on top in bf16;
-    # the adapter is a plain PEFT adapter for the bf16 base, and --merge merges into that base
-    load_in_4bit: bool = False
+    model: str | None = setting(None, "HF model folder or hub id", shown="the embedded SmolLM2-135M-Instruct",
+                                group=MODEL)
+    lora_r: int = setting(16, "LoRA rank", group=MODEL)
+    lora_alpha: int = setting(32, "LoRA alpha", group=MODEL)
+    lora_dropout: float = setting(0.05, "LoRA dropout", group=MODEL)
+    target_modules: list[str] | None = setting(None, "module names to adapt", metavar="A,B,...", repeat="csv",
+                                               shown="every linear layer of attention and MLP", group=MODEL)
+    # QLoRA: the frozen base in 4-bit, LoRA trained on top of it in bf16
+    load_in_4bit: bool = setting(False, "QLoRA: hold the frozen base in 4-bit NF4 (bitsandbytes, CUDA GPUs only); "
+                                 "the adapter is a plain one for the bf16 base, and --merge merges into that base",
+                                 group=MODEL)
+    merge: bool = setting(False, "also write the merged model to OUT/merged/", group=MODEL)
     # --- optimisation -------------------------------------------------------------------------
-    epochs: int = 3
-    max_steps: int | None = None  # optimizer steps; overrides epochs when given
-    batch_size: int = 8  # examples per micro-batch (per process)
-    grad_accum: int = 1  # micro-batches per optimizer step
-    lr: float = 2e-4
-    weight_decay: float = 0.0
-    warmup_ratio: float = 0.03
-    schedule: str = "cosine"  # cosine | linear | constant (after warmup)
-    max_grad_norm: float = 1.0  # 0 disables clipping
-    max_pass_tokens: int | None = None  # padded tokens per forward pass; None = 1024 on CPU, 0 (no limit) on GPU
-    gradient_checkpointing: bool = False
-    dtype: str = "auto"  # auto = bf16 on GPUs that support it, fp32 elsewhere
-    seed: int = 0
-    # several processes (torchrun / accelerate launch): ddp = a whole student per process; fsdp = its
-    # weights sharded over them (trainer/sharding.py). One process trains unsharded either way.
-    strategy: str = "ddp"
-    # --- bookkeeping --------------------------------------------------------------------------
-    log_every: int = 1
-    eval_every: int = 50  # steps between eval losses (and once at the end); 0 = end only
-    save_every: int = 100  # steps between resumable checkpoints; 0 = none
-    keep_checkpoints: int = 2  # newest checkpoints kept under OUT/checkpoints/
-    resume: bool = False  # continue from the newest checkpoint in OUT
-    overwrite: bool = False  # allow writing into an OUT that already holds a run
-    merge: bool = False  # also write the merged full model to OUT/merged/
-    progress: bool = True  # tqdm progress bar on stderr
-    # mirrors of metrics.jsonl: tensorboard (when installed) | wandb | mlflow | none (trainer/trackers.py)
-    report_to: list[str] = field(default_factory=lambda: ["tensorboard"])
+    epochs: int = setting(3, "passes over the data", group=OPTIMISATION)
+    max_steps: int | None = setting(None, "optimizer steps (overrides --epochs)", group=OPTIMISATION)
+    batch_size: int = setting(8, "examples per micro-batch and process", group=OPTIMISATION)
+    grad_accum: int = setting(1, "micro-batches per optimizer step", group=OPTIMISATION)
+    lr: float = setting(2e-4, "peak learning rate", group=OPTIMISATION)
+    weight_decay: float = setting(0.0, "AdamW weight decay", group=OPTIMISATION)
+    warmup_ratio: float = setting(0.03, "share of steps warming up", group=OPTIMISATION)
+    schedule: str = setting("cosine", "lr after warmup", choices=SCHEDULES, group=OPTIMISATION)
+    max_grad_norm: float = setting(1.0, "gradient clipping, 0 = off", group=OPTIMISATION)
+    # None: train() picks by device (1024 on CPU, no split on GPU)
+    max_pass_tokens: int | None = setting(None, "split micro-batches into forward passes of at most N padded "
+                                          "tokens: less activation memory, same gradients; 0 = never split",
+                                          metavar="N", shown="1024 on CPU, 0 on GPU", group=OPTIMISATION)
+    gradient_checkpointing: bool = setting(False, "recompute activations in backward: less memory, ~30% slower",
+                                           group=OPTIMISATION)
+    dtype: str = setting("auto", "auto: bf16 on GPUs that support it, else fp32", choices=DTYPES, group=OPTIMISATION)
+    seed: int = setting(0, "seed for LoRA init, batch order and dropout", group=OPTIMISATION)
+    # One process trains unsharded either way; fsdp is trainer/sharding.py. No argparse choices:
+    # check() names the choices in one line, as it does for a YAML value.
+    strategy: str = setting("ddp", "under torchrun / accelerate launch: ddp keeps a whole student per process; "
+                            "fsdp shards its weights over the processes, for a student too big for one device",
+                            metavar="ddp|fsdp", group=OPTIMISATION)
+    # --- logging and checkpoints --------------------------------------------------------------
+    log_every: int = setting(1, "steps between metrics lines", group=LOGGING)
+    eval_every: int = setting(50, "steps between eval losses (and once at the end), 0 = end only", group=LOGGING)
+    save_every: int = setting(100, "steps between resumable checkpoints, 0 = none", group=LOGGING)
+    keep_checkpoints: int = setting(2, "newest checkpoints kept under OUT/checkpoints/", group=LOGGING)
+    resume: bool = setting(False, "continue from OUT's newest checkpoint", group=LOGGING)
+    overwrite: bool = setting(False, "replace a run already in OUT", group=LOGGING)
+    progress: bool = setting(True, "progress bar on stderr", group=LOGGING)
+    # the trackers live in trainer/trackers.py; check() rejects unknown names and missing packages
+    report_to: list[str] = setting(help="trackers mirroring metrics.jsonl: tensorboard (when installed), wandb "
+                                   "(offline without an API key), mlflow, or none", factory=lambda: ["tensorboard"],
+                                   metavar="NAME,...", repeat="csv", group=LOGGING)
 
     # --config YAML may use the names of transformers' TrainingArguments and TRL's configs for the
     # same settings (a user's existing YAML reads as is); flags keep Sprout's names.

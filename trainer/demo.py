@@ -28,8 +28,10 @@ import json
 import shutil
 import sys
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
+
+from generator.config import setting
 
 # (full, --quick) sizes. --quick is a smoke run of the whole path (CI runs it; ~10 minutes on 2
 # cores, most of it the teacher): its numbers are too few to mean anything, and it says so.
@@ -48,34 +50,51 @@ DPO_LR = 5e-5  # LoRA DPO: ten times below SFT's (DPO moves a policy that is alr
 CONSTRAINT_SHARE = 0.8  # most demo instructions carry a checkable constraint: the headline measures them
 
 
+def _sized(name: str, help: str, unlimited: str = "all"):
+    """A size whose default depends on --quick: None in the config, SIZES in --help (so the two
+    cannot drift); `unlimited` names a full size of None."""
+    full, quick = SIZES[name]
+    return setting(None, help, shown=f"{unlimited if full is None else full}; --quick {quick}")
+
+
+EMBEDDED = "the embedded SmolLM2-135M-Instruct"
+
+
 @dataclass
 class DemoConfig:
-    out: str = "runs/demo"
-    quick: bool = False
-    fresh: bool = False
-    seeds: str | None = None
+    out: str = setting("runs/demo", "folder for every artifact")
+    quick: bool = setting(False, "a smoke run of the whole path (~10 min on 2 CPU cores; too small to measure a "
+                          "gain); CI runs this")
+    fresh: bool = setting(False, "delete OUT first instead of resuming")
+    seeds: str | None = setting(None, "seed tasks", shown="shipped seeds")
     # A 135M teacher copies the examples of a seed list (Self-Instruct's bootstrap) and writes
     # nonsense tasks inside Alpaca's batches, but asked for a user turn alone (Magpie) it writes
     # natural requests; the seeds then fill the novelty pool. With a bigger teacher pass
     # --mode self-instruct or alpaca to expand the seeds themselves.
-    mode: str = "magpie"
-    teacher_url: str | None = None  # use a running teacher instead of serving one
-    teacher_model: str | None = None  # model to serve as teacher (default: embedded)
-    student: str | None = None  # student base model (default: embedded)
-    num_instructions: int | None = None
-    responses: int | None = None
-    epochs: int | None = None
-    max_steps: int | None = None
-    eval_limit: int | None = None
-    verifiable_limit: int | None = None
-    max_length: int | None = None
-    answer_tokens: int | None = None
-    judge: bool = True  # the pairwise judge (secondary; flagged when uninformative)
-    dpo: bool = False  # add DPO on the run's preference pairs after SFT, evaluated beside it
-    dpo_epochs: int | None = None
-    # for the vLLM servers the demo starts (teacher, then eval): context length and pass-through arguments
-    max_model_len: int | None = None
-    vllm_args: list[str] = field(default_factory=list)
+    mode: str = setting("magpie", "how instructions are made; magpie is the one a 135M teacher gets natural "
+                        "requests from", choices=("magpie", "alpaca", "self-instruct"))
+    teacher_url: str | None = setting(None, "use a running OpenAI-compatible teacher instead of serving one")
+    teacher_model: str | None = setting(None, "model to serve as teacher", shown=EMBEDDED)
+    student: str | None = setting(None, "student base model", shown=EMBEDDED)
+    num_instructions: int | None = _sized("num_instructions", "instructions to generate")
+    responses: int | None = _sized("responses", "samples per instruction for best-of-N")
+    epochs: int | None = _sized("epochs", "training epochs")
+    max_steps: int | None = _sized("max_steps", "training steps", unlimited="whole epochs")
+    eval_limit: int | None = _sized("eval_limit", "reference-answer eval items")
+    verifiable_limit: int | None = _sized("verifiable_limit", "held-out verifiable prompts")
+    max_length: int | None = _sized("max_length", "training sequence length")
+    answer_tokens: int | None = _sized("answer_tokens", "max tokens of each eval answer")
+    # secondary, and flagged when uninformative; no default in --help: "skip ... (default: on)" reads backwards
+    judge: bool = setting(True, "skip the pairwise judge", flag="--no-judge", shown="")
+    dpo: bool = setting(False, "add DPO after SFT: preference pairs from the run's scored candidates, LoRA DPO "
+                        "from the SFT adapter, and base / SFT / SFT+DPO pass rates side by side")
+    dpo_epochs: int | None = _sized("dpo_epochs", "DPO epochs over the preference pairs (with --dpo)")
+    # for the vLLM servers the demo starts (teacher, then eval), as sprout serve's
+    max_model_len: int | None = setting(None, "context length of the vLLM servers the demo starts",
+                                        shown="the model's own")
+    vllm_args: list[str] = setting(help="argument for the vLLM servers the demo starts (teacher and eval), e.g. "
+                                   "--vllm-arg=--gpu-memory-utilization=0.5 (repeatable)", factory=list,
+                                   flag="--vllm-arg", metavar="ARG")
 
     def size(self, name: str) -> int | None:
         value = getattr(self, name)
@@ -314,31 +333,9 @@ def _judge_line(h: dict) -> str:
 
 
 def add_demo_args(p) -> None:
-    a = p.add_argument
-    a("--out", help="folder for every artifact (default runs/demo)")
-    a("--quick", action="store_true", default=None,
-      help="a smoke run of the whole path (~10 min on 2 CPU cores; too small to measure a gain); CI runs this")
-    a("--fresh", action="store_true", default=None, help="delete OUT first instead of resuming")
-    a("--seeds", help="seed tasks (default: shipped seeds)")
-    a("--mode", choices=["magpie", "alpaca", "self-instruct"], help="how instructions are made (default magpie: "
-      "the one a 135M teacher gets natural requests from)")
-    a("--teacher-url", help="use a running OpenAI-compatible teacher instead of serving one")
-    a("--teacher-model", help="model to serve as teacher (default: embedded SmolLM2-135M-Instruct)")
-    a("--student", help="student base model (default: embedded SmolLM2-135M-Instruct)")
-    helps = {"num_instructions": "instructions to generate", "responses": "samples per instruction for best-of-N",
-             "epochs": "training epochs", "max_steps": "training steps (full: whole epochs)",
-             "eval_limit": "reference-answer eval items", "verifiable_limit": "held-out verifiable prompts (full: all)",
-             "max_length": "training sequence length", "answer_tokens": "max tokens of each eval answer",
-             "dpo_epochs": "DPO epochs over the preference pairs (with --dpo)"}
-    for name, (full, quick) in SIZES.items():  # defaults shown from SIZES: help cannot drift from them
-        a("--" + name.replace("_", "-"), type=int,
-          help=f"{helps[name]} (default {'all' if full is None else full}; --quick {quick})")
-    a("--no-judge", dest="judge", action="store_false", default=None, help="skip the pairwise judge")
-    a("--dpo", action="store_true", default=None, help="add DPO after SFT: preference pairs from the run's scored "
-      "candidates, LoRA DPO from the SFT adapter, and base / SFT / SFT+DPO pass rates side by side")
-    a("--max-model-len", type=int, help="context length of the vLLM servers the demo starts")
-    a("--vllm-arg", dest="vllm_args", action="append", metavar="ARG", help="argument for the vLLM servers the "
-      "demo starts (teacher and eval), e.g. --vllm-arg=--gpu-memory-utilization=0.5 (repeatable)")
+    from generator.config import add_flags
+
+    add_flags(p, DemoConfig)
     p.set_defaults(func=run_demo)
 
 

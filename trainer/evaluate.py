@@ -21,9 +21,10 @@ import asyncio
 import json
 import statistics
 import sys
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass, replace
 from pathlib import Path
 
+from generator.config import save_config, setting
 from generator.errors import UserError
 from generator.record import user_turn
 from generator.rows import read_rows
@@ -36,25 +37,37 @@ VERIFIABLE_LABELS = {"prompt_strict": "prompt-level, strict", "constraint_strict
 
 @dataclass
 class EvalConfig:
-    eval_set: str | None = None  # default: the shipped seeds/eval_set.jsonl
-    out: str = ""
-    model: str | None = None  # base model; None = the embedded SmolLM2-135M-Instruct
-    adapter: str | None = None  # PEFT adapter folder (sprout train's OUT/adapter)
-    verifiable_set: str | None = None  # default: the shipped seeds/verifiable_eval.jsonl; "none" skips
-    verifiable_limit: int | None = None  # first N verifiable prompts only
-    judge: bool = True  # false: no pairwise judge (a small judge's verdicts say little; see trainer.judge)
-    judge_url: str | None = None  # default: the base model on the eval server judges
-    judge_model: str | None = None
-    judge_template: str | None = None
-    api_key_env: str | None = None
-    limit: int | None = None  # first N items only
-    max_tokens: int = 256
-    concurrency: int = 64
-    train_data: str | None = None  # warn when it overlaps the eval set (default: the adapter's training data)
-    loss: bool = True
-    # for the vLLM server eval starts: the context length, and arguments passed unchanged (as sprout serve's)
-    max_model_len: int | None = None
-    vllm_args: list[str] = field(default_factory=list)
+    eval_set: str | None = setting(None, "eval items: Alpaca / Self-Instruct / messages rows",
+                                   shown="shipped seeds/eval_set.jsonl")
+    out: str = setting("", "folder for verifiable.jsonl, results.jsonl, summary.json, report.md")
+    model: str | None = setting(None, "base model", shown="the embedded SmolLM2-135M-Instruct")
+    adapter: str | None = setting(None, "LoRA adapter folder from sprout train (OUT/adapter)")
+    verifiable_set: str | None = setting(None, "prompts with checkable constraints, the headline "
+                                         "instruction-following eval; 'none' skips it",
+                                         shown="shipped seeds/verifiable_eval.jsonl")
+    verifiable_limit: int | None = setting(None, "evaluate the first N verifiable prompts only")
+    # the flag turns it off; the help shows no default, as "skip ... (default: on)" would read backwards
+    judge: bool = setting(True, "skip the pairwise LLM judge (a small judge's verdicts follow the answer position)",
+                          flag="--no-judge", shown="")
+    judge_url: str | None = setting(None, "OpenAI-compatible judge", shown="the base model on the eval server")
+    judge_model: str | None = setting(None, "model name on the --judge-url server", shown="the first it serves")
+    judge_template: str | None = setting(None, "Jinja judge prompt", shown="prompts/judge.jinja")
+    # the name of the variable, never the key: the config is written to disk
+    api_key_env: str | None = setting(None, "environment variable holding the --judge-url server's API key",
+                                      shown="$OPENAI_API_KEY, sent only to api.openai.com")
+    limit: int | None = setting(None, "evaluate the first N items only")
+    max_tokens: int = setting(256, "max tokens per answer")
+    concurrency: int = setting(64, "requests in flight, to the eval server and to the judge")
+    train_data: str | None = setting(None, "training data to check for overlap with the eval set",
+                                     shown="the adapter's training data")
+    loss: bool = setting(True, "skip the reference loss (it loads the model in this process)", flag="--no-loss",
+                         shown="")
+    # for the vLLM server eval starts, as sprout serve's
+    max_model_len: int | None = setting(None, "context length of the vLLM server eval starts",
+                                        shown="the model's own")
+    vllm_args: list[str] = setting(help="argument for the vLLM server eval starts, e.g. "
+                                   "--vllm-arg=--tensor-parallel-size=2 (repeatable)", factory=list,
+                                   flag="--vllm-arg", metavar="ARG")
 
 
 def load_eval_set(path: str | Path, limit: int | None = None) -> list[dict]:
@@ -401,7 +414,8 @@ def evaluate(cfg: EvalConfig) -> dict:
                 f.write(json.dumps(r, ensure_ascii=False) + "\n")
     (out / "summary.json").write_text(json.dumps(summary, indent=2))
     (out / "report.md").write_text(report_md(summary, results, vrows))
-    (out / "eval_config.json").write_text(json.dumps(asdict(cfg), indent=2))
+    # what --config reads back; a judge URL may carry user:password@ or ?key=: never stored
+    save_config(replace(cfg, judge_url=redact_url(cfg.judge_url) if cfg.judge_url else None), out / "eval_config.yaml")
     return summary
 
 
@@ -533,29 +547,9 @@ def report_md(summary: dict, results: list[dict], vrows: list[dict] | None = Non
 
 
 def add_eval_args(p) -> None:
-    a = p.add_argument
-    a("--eval-set", help="eval items: Alpaca / Self-Instruct / messages rows (default: shipped seeds/eval_set.jsonl)")
-    a("--out", help="folder for verifiable.jsonl, results.jsonl, summary.json, report.md")
-    a("--model", help="base model (default: the embedded SmolLM2-135M-Instruct)")
-    a("--adapter", help="LoRA adapter folder from sprout train (OUT/adapter)")
-    a("--verifiable-set", help="prompts with checkable constraints, the headline instruction-following eval "
-      "(default: shipped seeds/verifiable_eval.jsonl; 'none' skips it)")
-    a("--verifiable-limit", type=int, help="evaluate the first N verifiable prompts only")
-    a("--no-judge", dest="judge", action="store_false", default=None,
-      help="skip the pairwise LLM judge (a small judge's verdicts follow the answer position)")
-    a("--judge-url", help="OpenAI-compatible judge (default: the base model on the eval server)")
-    a("--judge-model")
-    a("--judge-template", help="Jinja judge prompt (default: prompts/judge.jinja)")
-    a("--api-key-env")
-    a("--limit", type=int, help="evaluate the first N items only")
-    a("--max-model-len", type=int, help="context length of the vLLM server eval starts (default: the model's own)")
-    a("--vllm-arg", dest="vllm_args", action="append", metavar="ARG", help="argument for the vLLM server eval "
-      "starts, e.g. --vllm-arg=--tensor-parallel-size=2 (repeatable)")
-    a("--max-tokens", type=int, help="max tokens per answer (default 256)")
-    a("--no-loss", dest="loss", action="store_false", default=None,
-      help="skip the reference loss (it loads the model in this process)")
-    a("--concurrency", type=int)
-    a("--train-data", help="training data to check for overlap with the eval set")
+    from generator.config import add_flags
+
+    add_flags(p, EvalConfig)
     p.set_defaults(func=run_eval)
 
 

@@ -22,6 +22,7 @@ import statistics
 from collections import Counter
 from pathlib import Path
 
+from generator.config import setting
 from generator.errors import UserError
 
 VERB_PARSERS = ("auto", "spacy", "heuristic")
@@ -29,12 +30,14 @@ VERB_PARSERS = ("auto", "spacy", "heuristic")
 
 @dataclasses.dataclass
 class ReportConfig:
-    run: str = ""
-    train: str | None = None  # sprout train output folder
-    eval: str | None = None  # sprout eval output folder
-    out: str | None = None  # default: RUN/report.html
-    samples: int = 8  # sample records (and eval items) shown
-    verb_parser: str = "auto"  # auto: spaCy when installed, else the heuristic
+    run: str = setting("", "run folder made by sprout generate (holds data.jsonl)", positional=True)
+    train: str | None = setting(None, "sprout train output: adds the loss curves", metavar="DIR")
+    eval: str | None = setting(None, "sprout eval output: adds instruction following, the judge, examples",
+                               metavar="DIR")
+    out: str | None = setting(None, "report file to write", metavar="FILE.html", shown="RUN/report.html")
+    samples: int = setting(8, "sample records and eval items to show", metavar="N")
+    verb_parser: str = setting("auto", "verb–noun extraction: spacy (needs the 'report' extra), heuristic, or auto: "
+                               "spaCy when installed, else the heuristic", choices=VERB_PARSERS)
 
 
 def e(value) -> str:
@@ -534,13 +537,9 @@ def _write(cfg: ReportConfig) -> tuple[Path, int]:
 
 
 def add_report_args(p) -> None:
-    p.add_argument("run", nargs="?", help="run folder made by sprout generate (holds data.jsonl)")
-    p.add_argument("--train", metavar="DIR", help="sprout train output: adds the loss curves")
-    p.add_argument("--eval", metavar="DIR", help="sprout eval output: adds instruction following, the judge, examples")
-    p.add_argument("--out", metavar="FILE.html", help="report file to write (default RUN/report.html)")
-    p.add_argument("--samples", type=int, metavar="N", help="sample records and eval items to show (default 8)")
-    p.add_argument("--verb-parser", choices=VERB_PARSERS,
-                   help="verb–noun extraction: spacy (needs the 'report' extra), heuristic, or auto (default)")
+    from generator.config import add_flags
+
+    add_flags(p, ReportConfig)
     p.set_defaults(func=run_report)
 
 

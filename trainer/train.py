@@ -51,7 +51,7 @@ from pathlib import Path
 from typing import Callable
 
 from generator.errors import UserError
-from trainer.config import DPO_LOSSES, DTYPES, METHODS, OVERLONG, SCHEDULES, TrainConfig, check
+from trainer.config import TrainConfig, check
 
 OUTPUTS = ("adapter", "merged", "checkpoints", "tensorboard", "wandb", "mlruns", "trackers.json",
            "metrics.jsonl", "summary.json", "loss.png",
@@ -248,10 +248,9 @@ def _train(cfg: TrainConfig, hooks: Hooks, out: Path, info) -> dict:
 
     import numpy as np
     import torch
-    import yaml
     from tqdm import tqdm
 
-    from generator.config import to_dict
+    from generator.config import save_config, to_dict
     from generator.models import resolve_model
     from trainer import checkpoint, dist, dpo, sharding
     from trainer.batching import StepPlan, collate, split_by_tokens
@@ -348,7 +347,7 @@ def _train(cfg: TrainConfig, hooks: Hooks, out: Path, info) -> dict:
 
     metrics = None
     if info.main:
-        (out / "train_config.yaml").write_text(yaml.safe_dump(to_dict(cfg), sort_keys=False))
+        save_config(cfg, out / "train_config.yaml")
         metrics = MetricsLog(out, resume_step=start if cfg.resume else None, report_to=cfg.report_to,
                              config=to_dict(cfg))
     if hooks.on_model:
@@ -475,74 +474,12 @@ def _train(cfg: TrainConfig, hooks: Hooks, out: Path, info) -> dict:
 
 
 # --- CLI ----------------------------------------------------------------------------------------
-def _csv(value: str) -> list[str]:
-    return [v.strip() for v in value.split(",") if v.strip()]
-
-
 def add_train_args(p: argparse.ArgumentParser) -> None:
-    """Flags of `sprout train`; all default to None so --config and TrainConfig's defaults apply."""
-    d = TrainConfig()
-    g = p.add_argument_group("data")
-    g.add_argument("--data", metavar="PATH", help="run directory, JSONL / JSON / parquet file or HF datasets folder")
-    g.add_argument("--out", metavar="DIR", help="output folder (adapter/, metrics.jsonl, summary.json, ...)")
-    g.add_argument("--eval-data", metavar="PATH", help="separate eval set (default: hold out --eval-fraction)")
-    g.add_argument("--eval-fraction", type=float, help=f"share of --data held out for eval (default {d.eval_fraction})")
-    for name in ("instruction", "input", "output", "messages"):
-        g.add_argument(f"--{name}-field", metavar="COLUMN",
-                       help=f"column holding the {name} (default {name!r})")
-    g.add_argument("--system-prompt", help="system turn added to conversations that have none")
-    g.add_argument("--max-length", type=int, help=f"tokens per example (default {d.max_length})")
-    g.add_argument("--overlong", choices=OVERLONG, help="longer examples: truncate (default) or drop")
-    g = p.add_argument_group("method")
-    g.add_argument("--method", choices=METHODS, help="sft (default): learn the responses; dpo: learn from "
-                   "preference pairs (prompt / chosen / rejected, e.g. sprout export RUN --format preference)")
-    g.add_argument("--beta", type=float, help=f"DPO: strength of the pull towards the reference (default {d.beta})")
-    g.add_argument("--dpo-loss", choices=DPO_LOSSES, help="DPO loss: sigmoid (default, the paper) or ipo")
-    g.add_argument("--init-adapter", metavar="DIR", help="start from this LoRA adapter (e.g. an SFT run's "
-                   "OUT/adapter); with --method dpo it is also the reference policy")
-    g = p.add_argument_group("model and LoRA")
-    g.add_argument("--model", help="HF model folder or hub id (default: the embedded SmolLM2-135M-Instruct)")
-    g.add_argument("--lora-r", type=int, help=f"LoRA rank (default {d.lora_r})")
-    g.add_argument("--lora-alpha", type=int, help=f"LoRA alpha (default {d.lora_alpha})")
-    g.add_argument("--lora-dropout", type=float, help=f"LoRA dropout (default {d.lora_dropout})")
-    g.add_argument("--target-modules", type=_csv, metavar="A,B,...",
-                   help="module names to adapt (default: every linear layer of attention and MLP)")
-    g.add_argument("--load-in-4bit", action="store_true", default=None,
-                   help="QLoRA: hold the frozen base in 4-bit NF4 (bitsandbytes, CUDA GPUs only); the adapter "
-                        "is a plain one for the bf16 base, and --merge merges into that base")
-    g.add_argument("--merge", action="store_true", default=None, help="also write the merged model to OUT/merged/")
-    g = p.add_argument_group("optimisation")
-    g.add_argument("--epochs", type=int, help=f"passes over the data (default {d.epochs})")
-    g.add_argument("--max-steps", type=int, help="optimizer steps (overrides --epochs)")
-    g.add_argument("--batch-size", type=int, help=f"examples per micro-batch and process (default {d.batch_size})")
-    g.add_argument("--grad-accum", type=int, help=f"micro-batches per optimizer step (default {d.grad_accum})")
-    g.add_argument("--lr", type=float, help=f"peak learning rate (default {d.lr})")
-    g.add_argument("--weight-decay", type=float, help=f"AdamW weight decay (default {d.weight_decay})")
-    g.add_argument("--warmup-ratio", type=float, help=f"share of steps warming up (default {d.warmup_ratio})")
-    g.add_argument("--schedule", choices=SCHEDULES, help="lr after warmup (default cosine)")
-    g.add_argument("--max-grad-norm", type=float, help=f"gradient clipping, 0 = off (default {d.max_grad_norm})")
-    g.add_argument("--max-pass-tokens", type=int, metavar="N",
-                   help="split micro-batches into forward passes of at most N padded tokens: less activation "
-                        "memory, same gradients (default 1024 on CPU, 0 = never split, the default on GPU)")
-    g.add_argument("--gradient-checkpointing", action=argparse.BooleanOptionalAction, default=None,
-                   help="recompute activations in backward: less memory, ~30%% slower")
-    g.add_argument("--dtype", choices=DTYPES, help="auto (default): bf16 on GPUs that support it, else fp32")
-    g.add_argument("--seed", type=int, help=f"seed for LoRA init, batch order and dropout (default {d.seed})")
-    # no argparse choices: check() names the choices in one line, as it does for a YAML value
-    g.add_argument("--strategy", metavar="ddp|fsdp",
-                   help="under torchrun / accelerate launch: ddp (default) keeps a whole student per process; fsdp "
-                        "shards its weights over the processes, for a student too big for one device")
-    g = p.add_argument_group("logging and checkpoints")
-    g.add_argument("--log-every", type=int, help=f"steps between metrics lines (default {d.log_every})")
-    g.add_argument("--eval-every", type=int, help=f"steps between eval losses, 0 = end only (default {d.eval_every})")
-    g.add_argument("--save-every", type=int, help=f"steps between checkpoints, 0 = none (default {d.save_every})")
-    g.add_argument("--keep-checkpoints", type=int, help=f"newest checkpoints kept (default {d.keep_checkpoints})")
-    g.add_argument("--resume", action="store_true", default=None, help="continue from OUT's newest checkpoint")
-    g.add_argument("--overwrite", action="store_true", default=None, help="replace a run already in OUT")
-    g.add_argument("--progress", action=argparse.BooleanOptionalAction, default=None, help="progress bar (default on)")
-    g.add_argument("--report-to", type=_csv, metavar="NAME,...",
-                   help="trackers mirroring metrics.jsonl: tensorboard (default, when installed), wandb, mlflow, "
-                        "or none (W&B offline without an API key)")
+    """Flags of `sprout train`, one per TrainConfig field; all default to None so --config and
+    TrainConfig's defaults apply."""
+    from generator.config import add_flags
+
+    add_flags(p, TrainConfig)
     p.set_defaults(func=run_train)
 
 
