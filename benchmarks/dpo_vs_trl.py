@@ -5,9 +5,9 @@ Same model (the embedded SmolLM2-135M-Instruct unless --model), same synthetic p
 (TRL's conversational preference format: prompt = [user turn], chosen / rejected = [assistant
 turn]; the chosen answer does the task, the rejected one gets it wrong), same LoRA (r, alpha = 2r,
 dropout 0.05, all 7 linear modules) from the same initialisation, same batch size, steps, learning
-rate, linear schedule, beta and sigmoid loss, fp32, no gradient checkpointing. Both use the model
-with the adapter switched off as the reference (TRL does this itself for a peft model without
-ref_model). TRL's DPOConfig defaults (bf16 on GPU, lr 1e-6, every dropout off) are set to match.
+rate, linear schedule, beta and sigmoid loss, fp32, no gradient checkpointing. The reference is the
+model as it starts: ours switches the adapter off; TRL 1.16, given a peft model and no ref_model,
+copies the starting adapter into a frozen "ref" adapter -- the same function while LoRA's B is zero. TRL's DPOConfig defaults (bf16 on GPU, lr 1e-6, every dropout off) are set to match.
 
 Reported per side: pairs/s over the training loop, peak RSS (CPU) or peak CUDA memory, the last
 step's training loss, and -- computed afterwards by the same code for both tuned models -- the reward
@@ -106,8 +106,8 @@ def run_ours(a, work: Path) -> dict:
     cfg = TrainConfig(data=str(work / "pairs.jsonl"), out=str(work / "ours"), model=a.model, method="dpo",
                       beta=a.beta, max_steps=a.steps, batch_size=a.batch_size, max_length=a.max_length, lr=a.lr,
                       schedule="linear", warmup_ratio=0.0, lora_r=a.lora_r, lora_alpha=2 * a.lora_r,
-                      lora_dropout=0.05, eval_fraction=0.0, eval_every=0, save_every=0, progress=False, seed=0,
-                      dtype="float32", overwrite=True)
+                      lora_dropout=0.05, eval_fraction=0.0, eval_every=0, save_every=0, progress=False, seed=a.seed,
+                      dtype="float32", overwrite=True, group_by_length=a.group_by_length)
     s = train(cfg, Hooks(on_model=lambda m: seen.update(model=m)))
     mem = peak_memory_mb()
     tok = AutoTokenizer.from_pretrained(work / "ours" / "adapter")
@@ -129,7 +129,7 @@ def run_trl(a, work: Path) -> dict:
     tok = AutoTokenizer.from_pretrained(path)
     if tok.pad_token_id is None:
         tok.pad_token = tok.eos_token
-    torch.manual_seed(0)  # the same sequence as Sprout's load_student: the same LoRA init
+    torch.manual_seed(a.seed)  # the same sequence as Sprout's load_student: the same LoRA init
     model = AutoModelForCausalLM.from_pretrained(path, dtype=torch.float32)
     if torch.cuda.is_available():
         model = model.to("cuda")
@@ -139,7 +139,7 @@ def run_trl(a, work: Path) -> dict:
         output_dir=str(work / "trl"), max_steps=a.steps, per_device_train_batch_size=a.batch_size,
         gradient_accumulation_steps=1, learning_rate=a.lr, lr_scheduler_type="linear", warmup_steps=0,
         weight_decay=0.0, max_grad_norm=1.0, max_length=a.max_length, beta=a.beta, loss_type="sigmoid",
-        bf16=False, fp16=False, gradient_checkpointing=False, seed=0, logging_steps=1, save_strategy="no",
+        bf16=False, fp16=False, gradient_checkpointing=False, seed=a.seed, logging_steps=1, save_strategy="no",
         report_to="none", disable_tqdm=True, dataloader_num_workers=0,
         # TRL turns every dropout module off by default (LoRA's too); ours trains with LoRA dropout
         # 0.05 as set above. Left on, the two sides train different models: the first run of this
@@ -169,6 +169,10 @@ def main() -> int:
     p.add_argument("--model", default=None, help="default: the embedded SmolLM2-135M-Instruct")
     p.add_argument("--sides", default="ours,trl", help="which sides to run, in order")
     p.add_argument("--json", help="also write the figures here")
+    p.add_argument("--seed", type=int, default=0, help="LoRA init, batch order and dropout (both sides)")
+    p.add_argument("--group-by-length", action=argparse.BooleanOptionalAction, default=True,
+                   help="ours: length-grouped batches (Sprout's default); --no-group-by-length draws random "
+                        "batches as TRL's default sampler does -- the like-for-like setting for the loss")
     p.add_argument("--side", choices=["ours", "trl"], help=argparse.SUPPRESS)  # child process
     p.add_argument("--work", help=argparse.SUPPRESS)
     a = p.parse_args()
@@ -190,7 +194,8 @@ def main() -> int:
         line = next(ln for ln in reversed(proc.stdout.splitlines()) if ln.startswith("RESULT "))
         results[side] = json.loads(line[7:])
     print(f"job: {a.pairs} pairs, {a.steps} steps x batch {a.batch_size}, max_length {a.max_length}, LoRA r={a.lora_r} "
-          f"alpha={2 * a.lora_r}, lr {a.lr} linear, beta {a.beta} sigmoid, fp32; model "
+          f"alpha={2 * a.lora_r}, lr {a.lr} linear, beta {a.beta} sigmoid, fp32, seed {a.seed}, ours "
+          f"{'length-grouped' if a.group_by_length else 'random'} batches; model "
           f"{a.model or 'SmolLM2-135M-Instruct (embedded)'}\n")
     rows = [("pairs/s", "pairs_per_s", "{:.2f}"), ("train loop seconds", "train_seconds", "{:.1f}"),
             ("peak memory MB", "peak_memory_mb", "{:.0f}"), ("final train loss", "final_loss", "{:.4f}"),

@@ -68,7 +68,7 @@ async def classify_is_classification(client, prompt, api: str = "chat", server_i
     caller counts it as a parse failure and treats the task as not classification)."""
     params = yes_no_request_params(server_is_vllm, api)
     call = client.chat if api == "chat" else client.complete
-    out = await call(prompt, **params)
+    out = await call(prompt, stage="classify", **params)
     if not server_is_vllm:
         top = getattr(out, "top_logprobs", None)
         verdict = verdict_from_logprobs(top[0] if top else None)

@@ -19,7 +19,7 @@ import os
 import random
 import sys
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from urllib.parse import parse_qsl, urlsplit, urlunsplit
 
 import httpx
@@ -65,6 +65,8 @@ class Usage:
     retries: int = 0
     prompt_tokens: int = 0
     completion_tokens: int = 0
+    # {stage: {"requests", "prompt_tokens", "completion_tokens"}}: which stage spends the tokens
+    by_stage: dict = field(default_factory=dict)
 
 
 @dataclass
@@ -224,7 +226,7 @@ class TeacherClient:
         resting = [e.rest_until - now for e in self.endpoints if e.rest_until > now]
         return None, max(0.01, min(resting)) if resting else 0.05
 
-    async def _call(self, kind: str, payload: dict, model: str | None = None) -> Completion:
+    async def _call(self, kind: str, payload: dict, model: str | None = None, stage: str = "other") -> Completion:
         """One request with retries: pick an endpoint, try, and on a retryable failure rest that
         endpoint and wait (backoff with full jitter, or the server's Retry-After) before the next."""
         model = model or await self.resolve_model()
@@ -233,7 +235,7 @@ class TeacherClient:
             for attempt in range(self.cfg.max_retries + 1):
                 ep = await self._endpoint()
                 try:
-                    return await self._attempt(ep, kind, model, payload)
+                    return await self._attempt(ep, kind, model, payload, stage)
                 except openai.APIError as err:
                     last = err
                     delay = self._failed(ep, err, final=attempt == self.cfg.max_retries, attempt=attempt)
@@ -250,7 +252,7 @@ class TeacherClient:
             ep, wait = self._pick()
         return ep
 
-    async def _attempt(self, ep: _Endpoint, kind: str, model: str, payload: dict) -> Completion:
+    async def _attempt(self, ep: _Endpoint, kind: str, model: str, payload: dict, stage: str) -> Completion:
         ep.in_flight += 1
         try:
             if kind == "chat":
@@ -267,6 +269,9 @@ class TeacherClient:
         pt, ct = (resp.usage.prompt_tokens, resp.usage.completion_tokens) if resp.usage else (0, 0)
         self.usage.prompt_tokens += pt
         self.usage.completion_tokens += ct
+        spent = self.usage.by_stage.setdefault(stage, {"requests": 0, "prompt_tokens": 0, "completion_tokens": 0})
+        spent["requests"], spent["prompt_tokens"], spent["completion_tokens"] = (
+            spent["requests"] + 1, spent["prompt_tokens"] + pt, spent["completion_tokens"] + ct)
         return Completion(texts, [c.finish_reason or "" for c in resp.choices], pt, ct, redact_url(ep.url), model)
 
     def _failed(self, ep: _Endpoint, err: openai.APIError, final: bool, attempt: int) -> float | None:
@@ -292,14 +297,16 @@ class TeacherClient:
             ep.rest_until = max(ep.rest_until, time.monotonic() + min(after, 60.0))
         return delay
 
-    async def chat(self, messages: list[dict], model: str | None = None, **params) -> Completion:
+    async def chat(self, messages: list[dict], model: str | None = None, stage: str = "other", **params
+                   ) -> Completion:
         """Chat completion; params are OpenAI's (n, max_tokens, temperature, stop, response_format...).
-        `model` overrides the client's model for this request (e.g. a LoRA adapter's name)."""
-        return await self._call("chat", {"messages": messages, **params}, model)
+        `model` overrides the client's model for this request (e.g. a LoRA adapter's name); `stage`
+        names what the request is for in `usage.by_stage`."""
+        return await self._call("chat", {"messages": messages, **params}, model, stage)
 
-    async def complete(self, prompt: str, model: str | None = None, **params) -> Completion:
+    async def complete(self, prompt: str, model: str | None = None, stage: str = "other", **params) -> Completion:
         """Raw text completion (no chat template), for base models and raw templates."""
-        return await self._call("completion", {"prompt": prompt, **params}, model)
+        return await self._call("completion", {"prompt": prompt, **params}, model, stage)
 
     async def aclose(self) -> None:
         for ep in self.endpoints:

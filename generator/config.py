@@ -207,10 +207,27 @@ def load_config(cls: type[T], yaml_path: str | Path | None = None, overrides: di
             if k not in names:
                 raise UserError(f"{yaml_path}: unknown setting {key!r}; known: {', '.join(sorted(names))}")
             values[k] = _check_type(value, hints[k], f"{yaml_path}: {key}")
+            _check_choice(cls, k, values[k], f"{yaml_path}: {key}")
     for k, value in (overrides or {}).items():
         if value is not None and k in names:
             values[k] = _check_type(value, hints[k], f"--{k.replace('_', '-')}")
+            _check_choice(cls, k, values[k], f"--{k.replace('_', '-')}")
     return cls(**values)
+
+
+def check_choices(cfg: Any) -> None:
+    """Every setting with choices holds one of them: for a config built in code (a benchmark, a
+    test, the demo) as load_config does for YAML and flags."""
+    for f in dataclasses.fields(cfg):
+        _check_choice(type(cfg), f.name, getattr(cfg, f.name), "--" + f.name.replace("_", "-"))
+
+
+def _check_choice(cls: type, name: str, value: Any, where: str) -> None:
+    """A setting with choices (in its field's metadata) gets one of them, from YAML as from a flag
+    (argparse checks only the flags), before any stage starts."""
+    choices = next((f.metadata.get("choices") for f in dataclasses.fields(cls) if f.name == name), None)
+    if choices and value is not None and value not in choices:
+        raise UserError(f"{where} {value!r}: choose one of {', '.join(map(str, choices))}")
 
 
 def to_dict(cfg: Any) -> dict:

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from generator.config import same_as, setting
+from generator.config import check_choices, same_as, setting
 
 from generator.filters import DEFAULT_BLOCKLIST
 from generator.novelty import TOKENIZERS
@@ -172,23 +172,14 @@ class GenerateConfig:
 
         if not self.out:
             raise UserError("--out: name the run directory, e.g. --out runs/gen1")
-        if self.mode not in MODE_DEFAULTS:
-            raise UserError(f"--mode {self.mode!r}: choose alpaca, self-instruct or magpie")
+        check_choices(self)  # mode, api, structured, fsync, tokenizer, followup: from their fields
         if self.system_prompts and self.mode != "magpie":
             raise UserError("--system-prompts steer --mode magpie (a system turn before the user's request); in the "
                             "other modes the stage templates hold the system turn -- use --personas to steer them")
         if self.mode == "magpie" and self.responses < 1:
             raise UserError("--mode magpie writes requests only: it needs --responses N >= 1 to answer them")
-        if self.api not in ("chat", "completion"):
-            raise UserError(f"--api {self.api!r}: choose chat or completion")
-        if self.fsync not in ("group", "close"):
-            raise UserError(f"--fsync {self.fsync!r}: choose group or close")
-        if self.structured not in ("auto", "json", "text"):
-            raise UserError(f"--structured {self.structured!r}: choose auto, json or text")
         if self.num_instructions < 1 or self.concurrency < 1:
             raise UserError("--num-instructions and --concurrency must be at least 1")
-        if self.tokenizer not in TOKENIZERS:
-            raise UserError(f"--tokenizer {self.tokenizer!r}: choose rouge or unicode")
         if not 0.0 < self.novelty_threshold <= 1.0:
             raise UserError("--novelty-threshold must be in (0, 1]")
         if self.responses < 0 or self.responses > 64:
@@ -199,8 +190,6 @@ class GenerateConfig:
             raise UserError("--constraints needs --responses N > 0: constrained instructions are answered again")
         from generator.conversation import parse_turns
 
-        if self.followup not in ("auto", "magpie", "template"):
-            raise UserError(f"--followup {self.followup!r}: choose auto, magpie or template")
         if parse_turns(self.turns)[1] > 1:
             if self.responses < 1:
                 raise UserError("--turns above 1 needs --responses N >= 1: every assistant turn is sampled and scored")

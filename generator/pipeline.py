@@ -41,7 +41,7 @@ from generator.gen_config import MODE_DEFAULTS, GenerateConfig
 from generator.novelty import NoveltyPool
 from generator.parsing import PARSERS, Parsed, response_format
 from generator.record import Record, user_turn
-from generator.runs import RunDir, now_iso
+from generator.runs import RunDir, now_iso, stage_usage
 from generator.scoring import Scorer, constraint_count, new_candidate
 from generator.seeds import SeedTask
 from generator.templates import Template
@@ -106,6 +106,7 @@ class Pipeline:
                 max(1, min(cfg.instructions_per_prompt, share))
         self.started = time.monotonic()
         self.tokens_at_start = (client.usage.prompt_tokens, client.usage.completion_tokens)
+        self._stages_at_start = stage_usage(client.usage.by_stage)
         self._usage_mark = self._usage_now()
 
     # -- the loop -------------------------------------------------------------------------------
@@ -184,8 +185,8 @@ class Pipeline:
             self.requests += 1
         try:
             if self.cfg.api == "completion":
-                return await self.client.complete(prompt, **kwargs)
-            return await self.client.chat(prompt, **kwargs)
+                return await self.client.complete(prompt, stage=stage, **kwargs)
+            return await self.client.chat(prompt, stage=stage, **kwargs)
         except BadRequest as e:
             self._reject({"stage": stage, "status": e.status, "message": e.detail}, "bad_request")
             return None
@@ -194,7 +195,7 @@ class Pipeline:
         """A completion request whatever --api says (Magpie continues a raw chat-template prefix);
         counted at the unit's launch."""
         try:
-            return await self.client.complete(prompt, **kwargs)
+            return await self.client.complete(prompt, stage=stage, **kwargs)
         except BadRequest as e:
             self._reject({"stage": stage, "status": e.status, "message": e.detail}, "bad_request")
             return None
@@ -565,12 +566,14 @@ class Pipeline:
     def _usage_now(self) -> dict:
         u = self.client.usage
         return {"requests": self.requests, "retries": u.retries, "prompt_tokens": u.prompt_tokens,
-                "completion_tokens": u.completion_tokens, "elapsed_s": time.monotonic()}
+                "completion_tokens": u.completion_tokens, "elapsed_s": time.monotonic(),
+                "by_stage": stage_usage(u.by_stage)}
 
     def flush_usage(self) -> None:
         """Append what was spent since the last line to usage.jsonl (see runs.py)."""
         now = self._usage_now()
-        delta = {k: now[k] - self._usage_mark[k] for k in now}
+        delta = {k: now[k] - self._usage_mark[k] for k in now if k != "by_stage"}
+        delta["by_stage"] = stage_usage(now["by_stage"], self._usage_mark["by_stage"])
         delta["elapsed_s"] = round(delta["elapsed_s"], 2)
         self._usage_mark = now
         self.run.write_usage(delta)
@@ -602,6 +605,9 @@ class Pipeline:
             "prompt_tokens": prev.get("prompt_tokens", 0) + u.prompt_tokens - self.tokens_at_start[0],
             "completion_tokens": prev.get("completion_tokens", 0) + completion,
             "elapsed_s": round(prev.get("elapsed_s", 0) + elapsed, 2),
+            # which stage spent the teacher's tokens, over the whole run (judge: the rating judge when
+            # it is the teacher's client; a judge on its own server counts there)
+            "usage_by_stage": stage_usage(u.by_stage, self._stages_at_start, prev.get("by_stage")),
             "session_completion_tokens_per_s": round(completion / elapsed, 2) if elapsed else 0.0,
             "structured": self.structured,
         }

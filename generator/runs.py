@@ -5,7 +5,8 @@
     RUN/config.yaml     run id and every setting used (no secrets: keys stay in the environment)
     RUN/stats.json      counts, rejection reasons, tokens, throughput
     RUN/usage.jsonl     teacher requests and tokens, one line of deltas per record group written:
-                        the totals (and --max-requests, which counts across sessions) survive kill -9
+                        the totals (and --max-requests, which counts across sessions) survive kill -9;
+                        `by_stage` splits them by what each request was for (bootstrap, classify...)
     RUN/.sprout.lock    held (flock) by the process writing the run; the OS drops it when that dies
 
 All records of one instruction (one per instance) are written with a single write(), so a crash
@@ -131,6 +132,18 @@ def _read_jsonl_tail_safe(path: Path) -> tuple[list[dict], list[int], int]:
 
 
 USAGE_KEYS = ("requests", "retries", "prompt_tokens", "completion_tokens", "elapsed_s")
+
+
+def stage_usage(now: dict, before: dict | None = None, add: dict | None = None) -> dict:
+    """`Usage.by_stage` arithmetic: now - before (+ add), stage by stage, stages with nothing
+    spent left out. usage.jsonl carries these deltas; stats.json their sum over the run."""
+    out: dict = {}
+    for stage in sorted(set(now) | set(add or {})):
+        row = {k: (now.get(stage, {}).get(k, 0) - (before or {}).get(stage, {}).get(k, 0)
+                   + (add or {}).get(stage, {}).get(k, 0)) for k in ("requests", "prompt_tokens", "completion_tokens")}
+        if any(row.values()):
+            out[stage] = row
+    return out
 
 
 def _has_records(path: Path) -> bool:
@@ -278,6 +291,8 @@ class RunDir:
                 for k, v in row.items():
                     if isinstance(v, (int, float)):
                         self.previous_usage[k] = self.previous_usage.get(k, 0) + v
+                    elif k == "by_stage" and isinstance(v, dict):  # {stage: {requests, tokens}}
+                        self.previous_usage[k] = stage_usage(v, None, self.previous_usage.get(k))
         else:  # a run from before usage.jsonl: its last stats.json is the best record there is
             self.previous_usage = {k: self.previous_stats[k] for k in USAGE_KEYS
                                    if isinstance(self.previous_stats.get(k), (int, float))}

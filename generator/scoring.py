@@ -165,7 +165,7 @@ class Judge:
         if self.structured:
             kwargs["response_format"] = response_format(self.tmpl.parser)
         self.requests += 1
-        out = await self.client.chat(prompt.messages(), **kwargs)
+        out = await self.client.chat(prompt.messages(), stage="judge", **kwargs)
         parsed = PARSERS[self.tmpl.parser](out.texts[0], out.finish_reasons[0], self.structured)
         return float(parsed.items[0]) if parsed.items else None
 

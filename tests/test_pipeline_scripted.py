@@ -112,6 +112,13 @@ def _check_bookkeeping(run: Path) -> dict:
     usage = _rows(run / "usage.jsonl")
     for key in ("requests", "completion_tokens", "prompt_tokens"):
         assert sum(u.get(key, 0) for u in usage) == stats[key], key
+    # ... and split by stage: every token is some stage's, and the split survives sessions too
+    by_stage = stats["usage_by_stage"]
+    for key in ("completion_tokens", "prompt_tokens"):
+        assert sum(s[key] for s in by_stage.values()) == stats[key], key
+    for stage, spent in by_stage.items():
+        for key, value in spent.items():
+            assert sum(u.get("by_stage", {}).get(stage, {}).get(key, 0) for u in usage) == value, (stage, key)
     return stats
 
 
@@ -219,6 +226,8 @@ def test_self_instruct_with_responses(tmp_path, templates):
     assert all(r["output"] in ("alpha", "beta") and "candidates" not in r for r in cls)
     st = _check_bookkeeping(tmp_path / "run")
     assert st["rejections"].get("input_equals_output", 0) >= len(other)  # instance-level rows counted too
+    assert {"bootstrap", "classify", "respond"} <= set(st["usage_by_stage"]), st["usage_by_stage"]
+    assert any(s.startswith("instances_") for s in st["usage_by_stage"])
 
 
 def test_completion_api_with_json_schema(tmp_path, templates):

@@ -215,3 +215,25 @@ def test_train_yaml_takes_trainingarguments_and_trl_names(tmp_path):
     y.write_text("num_train_epochs: 2.5\n")
     with pytest.raises(UserError, match="num_train_epochs: expected an integer"):
         load_config(TrainConfig, y)
+
+
+def test_batches_grouped_by_length_or_random_cover_every_example_once():
+    """--group-by-length (default) sorts inside windows of 64 batches, so a small set is fully
+    sorted: each batch is all-short or all-long. --no-group-by-length draws plain random batches.
+    Either way an epoch is every example exactly once, and the plan is a function of the seed."""
+    import random
+
+    from trainer.batching import length_grouped_batches
+
+    lengths = [random.Random(i).randint(5, 500) for i in range(96)]
+    grouped = length_grouped_batches(lengths, 8, seed=0, epoch=0)
+    plain = length_grouped_batches(lengths, 8, seed=0, epoch=0, group=False)
+    for batches in (grouped, plain):
+        assert sorted(i for b in batches for i in b) == list(range(96)) and all(len(b) == 8 for b in batches)
+
+    def spread(batches):  # mean (longest - shortest) inside a batch
+        return sum(max(lengths[i] for i in b) - min(lengths[i] for i in b) for b in batches) / len(batches)
+
+    assert spread(grouped) < spread(plain) / 5
+    assert plain == length_grouped_batches(lengths, 8, seed=0, epoch=0, group=False)
+    assert plain != length_grouped_batches(lengths, 8, seed=0, epoch=1, group=False)

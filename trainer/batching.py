@@ -20,10 +20,14 @@ from trainer.format import IGNORE, Encoded
 MEGA = 64  # batches per sorting window: close to a full sort, still random across epochs
 
 
-def length_grouped_batches(lengths: list[int], batch_size: int, seed: int, epoch: int) -> list[list[int]]:
+def length_grouped_batches(lengths: list[int], batch_size: int, seed: int, epoch: int, group: bool = True
+                           ) -> list[list[int]]:
+    """The epoch's batches; `group=False`: plain random batches (--no-group-by-length)."""
     rng = random.Random(f"{seed}:{epoch}")  # str seeds hash deterministically (no PYTHONHASHSEED)
     order = list(range(len(lengths)))
     rng.shuffle(order)
+    if not group:
+        return [order[b:b + batch_size] for b in range(0, len(order), batch_size)]
     window = batch_size * MEGA
     batches = []
     for w in range(0, len(order), window):
@@ -42,9 +46,10 @@ class StepPlan:
     DistributedSampler pads); a single process just takes a shorter last step.
     """
 
-    def __init__(self, lengths: list[int], batch_size: int, grad_accum: int, world: int, seed: int):
+    def __init__(self, lengths: list[int], batch_size: int, grad_accum: int, world: int, seed: int,
+                 group: bool = True):
         self.lengths, self.batch_size, self.grad_accum = lengths, batch_size, grad_accum
-        self.world, self.seed = world, seed
+        self.world, self.seed, self.group = world, seed, group
         self.per_step = world * grad_accum
         n_batches = math.ceil(len(lengths) / batch_size)
         self.steps_per_epoch = max(1, math.ceil(n_batches / self.per_step))
@@ -53,7 +58,7 @@ class StepPlan:
     def _batches(self, epoch: int) -> list[list[int]]:
         if epoch != self._epoch:
             self._epoch = epoch
-            self._epoch_batches = length_grouped_batches(self.lengths, self.batch_size, self.seed, epoch)
+            self._epoch_batches = length_grouped_batches(self.lengths, self.batch_size, self.seed, epoch, self.group)
         return self._epoch_batches
 
     def step(self, step: int) -> list[list[list[int]]]:

@@ -141,7 +141,7 @@ def held_out_loss(loss_fn, encoded: list, batch_size: int, pad_id: int, info, co
 RUN_SETTINGS = ("eval_fraction", "system_prompt", "max_length", "overlong", "method", "beta", "dpo_loss",
                 "lora_r", "lora_alpha", "lora_dropout", "target_modules", "epochs", "max_steps", "batch_size",
                 "grad_accum", "lr", "weight_decay", "warmup_ratio", "schedule", "max_grad_norm", "dtype", "seed",
-                "load_in_4bit")
+                "load_in_4bit", "group_by_length")
 FINGERPRINT = "run_fingerprint.json"
 
 
@@ -299,7 +299,7 @@ def _train(cfg: TrainConfig, hooks: Hooks, out: Path, info) -> dict:
     # A DPO pair costs two padded rows of its longer side; batches group pairs by that.
     lengths = [e.batch_length if is_dpo else e.n_tokens for e in train_enc]
     collate_fn = dpo.collate_pairs if is_dpo else collate
-    plan = StepPlan(lengths, cfg.batch_size, cfg.grad_accum, info.world, cfg.seed)
+    plan = StepPlan(lengths, cfg.batch_size, cfg.grad_accum, info.world, cfg.seed, cfg.group_by_length)
     # Activation memory grows with the tokens of one forward pass (~4 MB a token for SmolLM2-135M in
     # fp32), while CPU throughput per token is flat from ~400 tokens a pass up: on CPU passes are
     # capped at 1024 tokens by default (half the peak memory of 2048, same speed).
