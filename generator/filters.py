@@ -63,15 +63,34 @@ def instance_rejection(inp: str, out: str, cfg: FilterConfig) -> str | None:
     return None
 
 
-def clean_instances(instances: list[dict], cfg: FilterConfig) -> tuple[list[dict], dict[str, int], str | None]:
+def squash(text: str) -> str:
+    """Lowercase, runs of whitespace as one space: text compared verbatim, case and spacing aside."""
+    return " ".join(text.lower().split())
+
+
+def copies_shown(field: str, shown: str) -> bool:
+    """A field taken from the prompt's worked examples: 8 or more characters found there verbatim
+    (case and spacing aside). `shown` is `squash`ed prompt text without the task itself."""
+    f = squash(field)
+    return len(f) >= 8 and f in shown
+
+
+def clean_instances(instances: list[dict], cfg: FilterConfig, shown: str = "",
+                    ) -> tuple[list[dict], dict[str, int], str | None]:
     """Keep the good instances of one task: (kept, rejected counts by reason, task-level reason).
 
     Exact duplicates collapse to one. One non-empty input with different outputs makes the whole
     task unreliable (Self-Instruct drops it); a task without input ("Write a haiku about rain")
-    may well have several good outputs, and the paper's code keeps them all."""
+    may well have several good outputs, and the paper's code keeps them all. `shown`: the
+    prompt's worked examples (few-shot text); an instance whose input or output is copied from them
+    is `copies_prompt_example` -- a small teacher fills "Identify the logical fallacy" with the
+    shot's "x = price * 0.2"."""
     kept, reasons, outputs_by_input = [], {}, {}
+    shown = squash(shown)
     for inst in instances:
         reason = instance_rejection(inst["input"], inst["output"], cfg)
+        if reason is None and shown and (copies_shown(inst["input"], shown) or copies_shown(inst["output"], shown)):
+            reason = "copies_prompt_example"
         if reason:
             reasons[reason] = reasons.get(reason, 0) + 1
             continue

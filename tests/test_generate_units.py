@@ -334,3 +334,23 @@ def test_template_runtime_error_names_the_template_line(tmp_path, expr):
     t = load_templates(None, {"respond": str(tmp_path / "t.jinja")})["respond"]
     with pytest.raises(UserError, match=r"t\.jinja line \d"):
         t.render(instruction="x", input="")
+
+
+def test_an_instance_copied_from_the_prompts_worked_examples_is_rejected():
+    """Seen on the 135M teacher: "Identify the logical fallacy in the argument." with the input
+    "x = price * 0.2" and "Which genre fits this book" with "The old lighthouse keeper" -- both
+    from the instance prompt's own worked examples. Rejected when 8+ characters of the input or the
+    output are found there (case and spacing aside); a short field or the task's own words pass."""
+    from generator.templates import load_templates
+
+    prompt = load_templates()["instances_input_first"].render(instruction="Identify the logical fallacy.",
+                                                               max_instances=2, structured=False)
+    shots = " ".join(m["content"] for m in prompt.messages()).replace("Identify the logical fallacy.", " ")
+    insts = [{"input": "x = price * 0.2", "output": "A false dilemma."},           # a shot's input
+             {"input": "All cats are grey.", "output": "the OLD  lighthouse keeper"},  # a shot's output
+             {"input": "Everyone does it, so it must be right.", "output": "Bandwagon."},
+             {"input": "", "output": "20 °C"}]                                           # short: kept
+    kept, reasons, task = clean_instances(insts, FilterConfig(), shots)
+    assert reasons == {"copies_prompt_example": 2} and task is None
+    assert [k["output"] for k in kept] == ["Bandwagon.", "20 °C"]
+    assert clean_instances(insts, FilterConfig())[1] == {}  # no prompt given: nothing to compare

@@ -607,3 +607,29 @@ def test_an_answer_that_repeats_the_request_is_never_kept():
     best, _ = asyncio.run(Scorer(ScoreConfig())("Rewrite in the past continuous.\n\nThe cat sat on the mat.",
                                                 "Rewrite in the past continuous.", "The cat  sat on the mat.", cands, []))
     assert cands[0]["reasons"] == ["input_equals_output"] and best == 1
+
+
+def test_a_bootstrap_task_that_restates_its_prompt_is_rejected(tmp_path, templates):
+    """A small teacher turns the bootstrap prompt's own words into "tasks" ("Create a JSON document
+    with 8 tasks numbered 9 to 16."). An instruction with two or more words that only the prompt
+    uses -- not its examples, not the seeds -- is rejected as echoes_prompt, with those words; a
+    task that shares one such word, or only seed words, is kept."""
+    class Echoing(Script):
+        def __call__(self, kind, req):
+            text = req["messages"][-1]["content"] if kind == "chat" else req["prompt"]
+            if text.startswith("STAGE=bootstrap") and self.seen["bootstrap"] == 0:
+                self.seen["bootstrap"] += 1
+                return ("1. Repeat every stage of the bootstrap list.\n"    # "stage", "bootstrap": the prompt's
+                        "2. Describe the bootstrap " + " ".join(WORDS[:3]) + " briefly.\n"  # one prompt word: kept
+                        "3. " + self._instruction())
+            return super().__call__(kind, req)
+
+    with FaultServer(script=Echoing()) as srv:
+        generate(_cfg(tmp_path, srv.url, templates, mode="self-instruct", num_instructions=3, concurrency=1))
+    run = tmp_path / "run"
+    echoes = [r for r in _rows(run / "rejected.jsonl") if r["reason"] == "echoes_prompt"]
+    assert [(r["instruction"], r["prompt_words"]) for r in echoes] == [
+        ("Repeat every stage of the bootstrap list.", ["bootstrap", "stage"])]
+    kept = {r["base_instruction"] for r in _rows(run / "data.jsonl")}
+    assert "Describe the bootstrap " + " ".join(WORDS[:3]) + " briefly." in kept
+    _check_bookkeeping(run)
