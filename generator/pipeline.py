@@ -176,6 +176,11 @@ class Pipeline:
         prompt = self.templates[stage].render(structured=structured, **variables)
         return prompt.completion if self.cfg.api == "completion" else prompt.messages()
 
+    def _prompt_text(self, stage: str, variables: dict) -> str:
+        """The request as sent, as one text (chat messages joined), for the copy checks."""
+        rendered = self._render(stage, variables, self.structured)
+        return rendered if isinstance(rendered, str) else " ".join(m["content"] for m in rendered)
+
     def _fit(self, stage: str, variables: dict, wanted: int, structured: bool,
              examples: list | None = None) -> tuple[dict, int] | None:
         """(variables, max_tokens) that fit the context window, dropping examples from the end
@@ -398,9 +403,8 @@ class Pipeline:
             return self._drop(iid, instruction, "instances_failed")
         out, parsed, itmpl, variables = asked
         items = parsed.items[: self.cfg.max_instances]
-        rendered = self._render(stage, variables, self.structured)
-        shots = rendered if isinstance(rendered, str) else " ".join(m["content"] for m in rendered)
-        kept, reasons, task_reason = clean_instances(items, self.instr_filter.cfg, shots.replace(instruction, " "))
+        shots = self._prompt_text(stage, variables).replace(instruction, " ")
+        kept, reasons, task_reason = clean_instances(items, self.instr_filter.cfg, shots)
         self._reject_counts(reasons, instruction)
         if task_reason:
             return self._drop(iid, instruction, task_reason, {"instances": items})
@@ -510,15 +514,14 @@ class Pipeline:
     def _prompt_own(self, stage: str, variables: dict) -> tuple[set[str], str]:
         """What the prompt says itself, apart from its examples: (its own words: content words that
         neither the examples, the seeds nor the persona use -- "tasks", "numbered", "reword",
-        "classification" --, its text without the examples). A small teacher turns them into tasks
+        "classification" --, its text without the examples, squashed). A small teacher turns them into tasks
         ("Create a JSON document with 8 tasks numbered 9 to 16.", "Answer with JSON: {")."""
-        rendered = self._render(stage, variables, self.structured)
-        text = rendered if isinstance(rendered, str) else " ".join(m["content"] for m in rendered)
+        text = self._prompt_text(stage, variables)
         shown = [str(v) for e in variables.get("examples", []) for k, v in e.items() if k != "id"]
         for example in shown:
             text = text.replace(example, " ")
         words = content_words(text) - content_words(" ".join(shown) + " " + (variables.get("persona") or ""))
-        return words - self._seed_words, text
+        return words - self._seed_words, squash(text)  # squashed once, compared per instruction
 
     def _admit(self, instruction: str, prompt_own: tuple[set[str], str] = (frozenset(), "")
                ) -> tuple[str, list] | None:
@@ -527,7 +530,7 @@ class Pipeline:
         progress."""
         reason, extra = self.instr_filter(instruction), {}
         echoed = sorted(content_words(instruction) & prompt_own[0])
-        if reason is None and (len(echoed) >= ECHO_WORDS or copies_shown(instruction, squash(prompt_own[1]))):
+        if reason is None and (len(echoed) >= ECHO_WORDS or copies_shown(instruction, prompt_own[1])):
             reason, extra = "echoes_prompt", {"prompt_words": echoed}
         if reason is None and self.decontam is not None:
             reason = self.decontam.check(instruction)
