@@ -130,16 +130,14 @@ def flag_fields(cls: type) -> list[dataclasses.Field]:
     return [f for f in dataclasses.fields(cls) if "help" in f.metadata and f.metadata.get("flag") is not False]
 
 
-def add_flags(parser, cls: type, skip: tuple[str, ...] = ()) -> None:
-    """One flag per field of `cls` (except `skip`); every flag defaults to None, so only the flags a
+def add_flags(parser, cls: type) -> None:
+    """One flag per field of `cls`; every flag defaults to None, so only the flags a
     user gives override --config and the dataclass defaults (load_config)."""
     import argparse
 
     hints = typing.get_type_hints(cls)
     groups: dict[str, Any] = {}
     for f in flag_fields(cls):
-        if f.name in skip:
-            continue
         m = f.metadata
         target = parser
         if m["group"]:
