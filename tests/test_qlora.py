@@ -80,7 +80,7 @@ def test_resume_of_a_run_fingerprinted_before_load_in_4bit_existed(tmp_path):
     while one trained 4-bit is not resumed without --load-in-4bit."""
     import json
 
-    from trainer.train import FINGERPRINT, check_or_record_fingerprint, run_fingerprint
+    from trainer.resume import FINGERPRINT, check_or_record_fingerprint, run_fingerprint
 
     cfg = TrainConfig(data="d", out=str(tmp_path), resume=True)
     fingerprint = run_fingerprint(cfg, "m", [], [])

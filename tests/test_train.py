@@ -125,7 +125,7 @@ def test_grad_accumulation_matches_one_big_batch(student, data_file):
     from trainer.data import load_examples
     from trainer.format import Formatter, encode_all
     from trainer.model import CausalLMLoss, load_student
-    from trainer.train import accumulate
+    from trainer.stepping import accumulate
 
     torch.manual_seed(0)
     model, tok, _ = load_student(student, torch.device("cpu"), torch.float32, lora_r=4, lora_alpha=8,
@@ -160,7 +160,7 @@ def test_grad_accumulation_matches_one_big_batch(student, data_file):
 
 
 def test_lr_schedules():
-    from trainer.train import lr_factor
+    from trainer.stepping import lr_factor
 
     warm = lr_factor("cosine", warmup=3, total=10)
     assert [round(warm(s), 3) for s in range(4)] == [0.25, 0.5, 0.75, 1.0]  # first step already learns
@@ -199,7 +199,7 @@ def test_gradient_checkpointing_gives_the_same_gradients(student, data_file):
     from trainer.data import load_examples
     from trainer.format import Formatter, encode_all
     from trainer.model import CausalLMLoss, load_student
-    from trainer.train import accumulate
+    from trainer.stepping import accumulate
 
     grads = []
     for checkpointing in (False, True):

@@ -2,13 +2,15 @@
 
     sprout train --data runs/gen1 --out runs/train1 [--model M] [--max-steps N] [--config train.yaml]
 
-One training routine, top to bottom in `train()`: read and validate the data, load the student
-and wrap it with LoRA (peft), tokenize with the loss on responses + end-of-turn tokens only
-(trainer/format.py), then AdamW over length-grouped batches (trainer/batching.py) with warmup and
-a cosine / linear / constant schedule, gradient clipping and gradient accumulation whose loss is
-normalised by the supervised tokens of the whole accumulated batch. Eval loss every
---eval-every steps, resumable checkpoints every --save-every steps (--resume continues exactly),
-a NaN / inf loss stops the run with a message.
+One training routine, top to bottom in `_train()`: `_setup_*` helpers read and validate the data,
+load the student and wrap it with LoRA (peft), tokenize with the loss on responses + end-of-turn
+tokens only (trainer/format.py) and build AdamW with warmup and a cosine / linear / constant
+schedule; then the loop, one `_step` per optimizer step over length-grouped batches
+(trainer/batching.py) with gradient clipping and gradient accumulation whose loss is normalised by
+the supervised tokens of the whole accumulated batch (trainer/stepping.py). Eval loss every
+--eval-every steps, resumable checkpoints every --save-every steps (--resume continues exactly;
+trainer/resume.py checks it is the same run), a NaN / inf loss stops the run with a message; the
+finished run's files are written by trainer/outputs.py.
 
 --method dpo trains on preference pairs (prompt / chosen / rejected) with the same loop: the
 pieces that differ (pair encoding, reference log-probs, the DPO loss and its metrics) are in
@@ -45,17 +47,13 @@ import argparse
 import math
 import sys
 import time
-from contextlib import nullcontext
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Callable
+from typing import Any, Callable
 
 from generator.errors import UserError
 from trainer.config import TrainConfig, check
-
-OUTPUTS = ("adapter", "merged", "checkpoints", "tensorboard", "wandb", "mlruns", "trackers.json",
-           "metrics.jsonl", "summary.json", "loss.png",
-           "train_config.yaml", "run_fingerprint.json")
+from trainer.stepping import accumulate, held_out_loss, lr_factor
 
 
 class TrainingDiverged(UserError):
@@ -69,153 +67,6 @@ class Hooks:
     on_model: Callable | None = None  # (peft model) before the first step: inspect, add forward hooks
     on_step: Callable | None = None  # (step, record) after each optimizer step: may raise to stop
     on_data: Callable | None = None  # (train items, eval items) encoded; DPO pairs carry their reference log-probs
-
-
-def lr_factor(schedule: str, warmup: int, total: int) -> Callable[[int], float]:
-    """Multiplier of the peak lr for optimizer step `s` (0-based). Warmup starts above 0 so the
-    first step already learns (with tiny runs a zero-lr step would be wasted)."""
-
-    def factor(s: int) -> float:
-        if s < warmup:
-            return (s + 1) / (warmup + 1)
-        progress = (s - warmup) / max(1, total - warmup)
-        if schedule == "cosine":
-            return 0.5 * (1.0 + math.cos(math.pi * progress))
-        if schedule == "linear":
-            return 1.0 - progress
-        return 1.0
-
-    return factor
-
-
-def accumulate(step_fn, micro_batches: list[dict], n_supervised: int, info=None) -> float:
-    """Forward + backward over this rank's micro-batches of one optimizer step.
-
-    Each micro-batch's summed token loss is divided by `n_supervised`, the supervised tokens of the
-    *whole* step (all micro-batches, all ranks): the gradients then equal those of one big batch,
-    whatever the split. DDP averages gradients over ranks, so the loss is scaled by the world size
-    to turn that average back into the sum. Returns this rank's summed (not averaged) token loss."""
-    from trainer import sharding
-
-    world = info.world if info is not None else 1
-    total = 0.0
-    for i, batch in enumerate(micro_batches):
-        last = i == len(micro_batches) - 1
-        sync = sharding.no_sync(step_fn) if world > 1 and not last else nullcontext()  # reduce once per step
-        with sync:
-            loss_sum, _ = step_fn(**batch)
-            (loss_sum * (world / n_supervised)).backward()
-        total = total + loss_sum.detach()
-    return float(total)
-
-
-def held_out_loss(loss_fn, encoded: list, batch_size: int, pad_id: int, info, collate=None) -> float:
-    """Mean loss per unit (token for SFT, pair for DPO) over `encoded` (batches sorted by length,
-    shared out over ranks)."""
-    import torch
-
-    from trainer import dist, sharding
-    from trainer.batching import collate as collate_examples
-
-    collate = collate or collate_examples
-    order = sorted(range(len(encoded)), key=lambda i: encoded[i].n_tokens)
-    batches = [order[b:b + batch_size] for b in range(0, len(order), batch_size)]
-    loss_fn.model.eval()  # dropout off
-    total, count = 0.0, 0
-    with torch.no_grad():
-        for b in batches[info.rank::info.world]:
-            batch = {k: v.to(info.device) for k, v in collate([encoded[i] for i in b], pad_id).items()}
-            s, n = loss_fn(**batch)
-            total, count = total + float(s), count + int(n)
-        # FSDP gathers the weights in every forward: a rank with one batch fewer joins in idle
-        idle = sharding.missing_batches(len(batches), info)
-        sharding.idle_passes(loss_fn, collate([encoded[order[0]]], pad_id), idle, info, backward=False)
-    loss_fn.model.train()
-    total, count = dist.sum_all(info, total, count)
-    return total / max(count, 1)
-
-
-# Settings that make the run what it is: `--resume` must be given the same ones, or the steps after
-# the checkpoint would belong to another run (a schedule over other totals, other batches). Paths,
-# logging, checkpoint cadence, pass splitting and gradient checkpointing (same gradients) may change.
-RUN_SETTINGS = ("eval_fraction", "system_prompt", "max_length", "overlong", "method", "beta", "dpo_loss",
-                "lora_r", "lora_alpha", "lora_dropout", "target_modules", "epochs", "max_steps", "batch_size",
-                "grad_accum", "lr", "weight_decay", "warmup_ratio", "schedule", "max_grad_norm", "dtype", "seed",
-                "load_in_4bit", "group_by_length")
-FINGERPRINT = "run_fingerprint.json"
-
-
-def run_fingerprint(cfg: TrainConfig, model_path: str, train_ex: list, eval_ex: list) -> dict:
-    """What a resumed run is compared on: the settings above, the model, the starting adapter's
-    bytes, and the examples' content (wherever the file now lives)."""
-    import dataclasses
-    import hashlib
-    import json
-
-    from generator.runs import file_sha256
-
-    def plain(x):
-        if dataclasses.is_dataclass(x):
-            return {f.name: plain(getattr(x, f.name)) for f in dataclasses.fields(x) if f.name != "where"}
-        return [plain(v) for v in x] if isinstance(x, (list, tuple)) else x
-
-    def digest(examples) -> str:
-        h = hashlib.sha256()
-        for ex in examples:
-            h.update(json.dumps(plain(ex), sort_keys=True, ensure_ascii=False).encode() + b"\n")
-        return h.hexdigest()
-
-    init = Path(cfg.init_adapter).expanduser() / "adapter_model.safetensors" if cfg.init_adapter else None
-    return {"settings": {k: getattr(cfg, k) for k in RUN_SETTINGS}, "model": str(model_path),
-            "init_adapter": file_sha256(init) if init and init.is_file() else None,
-            "train_examples": digest(train_ex), "eval_examples": digest(eval_ex)}
-
-
-def check_or_record_fingerprint(cfg: TrainConfig, out: Path, info, fingerprint: dict) -> None:
-    import json
-
-    path = out / FINGERPRINT
-    if not cfg.resume:
-        if info.main:
-            path.write_text(json.dumps(fingerprint, indent=2))
-        return
-    try:
-        saved = json.loads(path.read_text())
-    except (OSError, ValueError):
-        return  # a run from before fingerprints (or its file lost): nothing to compare with
-    # a setting newer than the saved fingerprint had its default then
-    was = {**{k: getattr(TrainConfig(), k) for k in RUN_SETTINGS}, **saved.get("settings", {})}
-    diffs = [f"{k}: {was.get(k)!r} then, {v!r} now" for k, v in fingerprint["settings"].items() if was.get(k) != v]
-    names = {"model": "--model", "init_adapter": "--init-adapter (its weights)", "train_examples": "the training data",
-             "eval_examples": "the eval data"}
-    diffs += [f"{name} changed" for key, name in names.items() if saved.get(key) != fingerprint[key]]
-    if diffs:
-        raise UserError(f"--resume: {out} was trained with other settings ({'; '.join(diffs[:4])}"
-                        f"{f'; {len(diffs) - 4} more' if len(diffs) > 4 else ''}); resume with the same ones, "
-                        "or start a new run (--overwrite, or --init-adapter OUT/adapter to build on it)")
-
-
-def _prepare_out(cfg: TrainConfig, out: Path, info) -> None:
-    from trainer import checkpoint, dist
-
-    existing = [name for name in OUTPUTS if (out / name).exists()]
-    if cfg.resume:
-        if not checkpoint.checkpoint_dirs(out):
-            raise UserError(f"--resume: no checkpoint under {out / 'checkpoints'}; "
-                            "checkpoints are written every --save-every steps")
-    elif existing and not cfg.overwrite:
-        raise UserError(f"{out}: already holds a training run ({', '.join(existing)}); pass --resume to continue "
-                        "it, --overwrite to replace it, or choose another --out")
-    dist.barrier(info)  # every rank has checked before rank 0 deletes anything
-    if info.main:
-        if existing and not cfg.resume:
-            import shutil
-
-            for name in existing:
-                p = out / name
-                shutil.rmtree(p) if p.is_dir() else p.unlink()
-        out.mkdir(parents=True, exist_ok=True)
-    dist.barrier(info)
 
 
 def train(cfg: TrainConfig, hooks: Hooks | None = None) -> dict:
@@ -242,235 +93,306 @@ def train(cfg: TrainConfig, hooks: Hooks | None = None) -> dict:
         dist.teardown(info)
 
 
-def _train(cfg: TrainConfig, hooks: Hooks, out: Path, info) -> dict:
-    import json
-    import random
+@dataclass
+class Job:
+    """One training run's state: built by the `_setup_*` helpers in order, then read and advanced by
+    the loop (`_step`, `_after_step`) and by `_finish`."""
 
-    import numpy as np
-    import torch
+    cfg: TrainConfig
+    out: Path
+    info: Any  # trainer.dist.DistInfo
+    say: Callable[[str], None]
+    train_ex: list = field(default_factory=list)  # examples (SFT) or pairs (DPO) as read
+    eval_ex: list = field(default_factory=list)
+    model: Any = None  # the peft model
+    tok: Any = None
+    formatter: Any = None
+    dtype: Any = None
+    train_enc: list = field(default_factory=list)  # encoded: token ids + loss mask (+ DPO reference log-probs)
+    eval_enc: list = field(default_factory=list)
+    stats: Any = None  # trainer.format encode stats (truncated / dropped) of train and eval
+    eval_stats: Any = None
+    lengths: list = field(default_factory=list)  # what batches are grouped and split by
+    collate: Callable | None = None
+    plan: Any = None  # trainer.batching.StepPlan
+    pass_tokens: int = 0
+    total: int = 0  # optimizer steps
+    loss_fn: Any = None  # CausalLMLoss, or DPOLoss around it
+    step_fn: Any = None  # loss_fn, or its DDP wrapper
+    sharded: bool = False
+    params: list = field(default_factory=list)
+    optimizer: Any = None
+    scheduler: Any = None
+    start: int = 0  # steps already done (resume)
+    train_time: float = 0.0
+    tokens_all: int = 0
+    tokens_sup: int = 0  # DPO: pairs
+    eval_loss: float | None = None
+
+    @property
+    def is_dpo(self) -> bool:
+        return self.cfg.method == "dpo"
+
+
+def _train(cfg: TrainConfig, hooks: Hooks, out: Path, info) -> dict:
     from tqdm import tqdm
 
     from generator.config import save_config, to_dict
-    from generator.models import resolve_model
-    from trainer import checkpoint, dist, dpo, sharding
-    from trainer.batching import StepPlan, collate, split_by_tokens
-    from trainer.data import Fields, load_examples, load_pairs, split_eval
-    from trainer.format import Formatter, encode_all, save_prompt_format
-    from trainer.metrics import MetricsLog, peak_memory_mb, plot_loss, read_metrics
-    from trainer.model import CausalLMLoss, load_student, merge_onto_base, pick_dtype
+    from trainer.metrics import MetricsLog
+    from trainer.outputs import write_outputs
+    from trainer.resume import prepare_out
 
     def say(msg: str) -> None:
         if info.main:
             print(msg, file=sys.stderr, flush=True)
 
-    # --- data first: a bad file fails in a second, before the model loads ---------------------
-    _prepare_out(cfg, out, info)
-    is_dpo = cfg.method == "dpo"
-    fields = Fields(cfg.instruction_field, cfg.input_field, cfg.output_field, cfg.messages_field)
-    load = load_pairs if is_dpo else (lambda path: load_examples(path, fields))
-    examples = load(cfg.data)
-    if cfg.eval_data:
-        train_ex, eval_ex = examples, load(cfg.eval_data)
-    else:
-        train_ex, eval_ex = split_eval(examples, cfg.eval_fraction, cfg.seed)
-    check_or_record_fingerprint(cfg, out, info, run_fingerprint(cfg, resolve_model(cfg.model), train_ex, eval_ex))
-
-    # --- student + LoRA -------------------------------------------------------------------------
-    device = info.device
-    dtype = pick_dtype(cfg.dtype, device)
-    random.seed(cfg.seed)
-    np.random.seed(cfg.seed)
-    torch.manual_seed(cfg.seed)  # identical LoRA init on every rank
-    model, tok, stop_ids = load_student(
-        resolve_model(cfg.model), sharding.load_device(cfg.strategy, info), dtype, lora_r=cfg.lora_r,
-        lora_alpha=cfg.lora_alpha, lora_dropout=cfg.lora_dropout, target_modules=cfg.target_modules,
-        gradient_checkpointing=cfg.gradient_checkpointing, init_adapter=cfg.init_adapter,
-        load_in_4bit=cfg.load_in_4bit)
-    torch.manual_seed(cfg.seed + info.rank)  # dropout masks differ per rank, as they would on one big batch
-
-    formatter = Formatter(tok, cfg.system_prompt, stop_ids)
-    encode = dpo.encode_pairs if is_dpo else encode_all
-    train_enc, stats = encode(formatter, train_ex, cfg.max_length, cfg.overlong)
-    eval_enc, eval_stats = encode(formatter, eval_ex, cfg.max_length, cfg.overlong)
-    if not train_enc:
-        raise UserError(f"{cfg.data}: all {stats.total} training examples are longer than --max-length "
-                        f"{cfg.max_length} tokens; raise --max-length or use --overlong truncate")
-
-    # A DPO pair costs two padded rows of its longer side; batches group pairs by that.
-    lengths = [e.batch_length if is_dpo else e.n_tokens for e in train_enc]
-    collate_fn = dpo.collate_pairs if is_dpo else collate
-    plan = StepPlan(lengths, cfg.batch_size, cfg.grad_accum, info.world, cfg.seed, cfg.group_by_length)
-    # Activation memory grows with the tokens of one forward pass (~4 MB a token for SmolLM2-135M in
-    # fp32), while CPU throughput per token is flat from ~400 tokens a pass up: on CPU passes are
-    # capped at 1024 tokens by default (half the peak memory of 2048, same speed).
-    pass_tokens = cfg.max_pass_tokens if cfg.max_pass_tokens is not None else (1024 if device.type == "cpu" else 0)
-    total = cfg.max_steps or cfg.epochs * plan.steps_per_epoch
-    autocast = torch.bfloat16 if dtype == torch.bfloat16 and device.type == "cuda" else None
-    loss_fn = CausalLMLoss(model, autocast_dtype=autocast)
-    sharded = sharding.active(cfg.strategy, info)
-    if sharded:  # before the optimizer is built: sharding replaces the parameters
-        sharding.shard(loss_fn, info)
-    elif cfg.strategy == "fsdp":
-        say("--strategy fsdp with one process: nothing to shard, training unsharded")
-    params = [p for p in model.parameters() if p.requires_grad]
-    optimizer = torch.optim.AdamW(params, lr=cfg.lr, weight_decay=cfg.weight_decay)
-    scheduler = torch.optim.lr_scheduler.LambdaLR(
-        optimizer, lr_factor(cfg.schedule, round(cfg.warmup_ratio * total), total))
-    if is_dpo:
-        # The reference: the model as it starts (adapter off from a base model; the loaded SFT
-        # adapter with --init-adapter), computed once, before a resumed run loads its checkpoint.
-        say(f"dpo: reference log-probs of {len(train_enc) + len(eval_enc)} pairs "
-            f"({'the loaded adapter' if cfg.init_adapter else 'adapter off'})")
-        for part in (train_enc, eval_enc):
-            dpo.compute_reference(loss_fn, part, cfg.batch_size, tok.pad_token_id, device,
-                                  adapter_off=not cfg.init_adapter, pass_tokens=pass_tokens)
-        loss_fn = dpo.DPOLoss(loss_fn, cfg.beta, cfg.dpo_loss)
+    job = Job(cfg, out, info, say)
+    prepare_out(cfg, out, info)
+    _setup_data(job)  # data first: a bad file fails in a second, before the model loads
+    _setup_student(job)
+    _setup_encoding(job)
+    _setup_optimizer(job)
+    if job.is_dpo:
+        _setup_reference(job)
     if hooks.on_data:
-        hooks.on_data(train_enc, eval_enc)
-    step_fn = loss_fn
-    if info.active and not sharded:
-        step_fn = torch.nn.parallel.DistributedDataParallel(
-            loss_fn, device_ids=[device.index] if device.type == "cuda" else None)
-
-    start = 0
-    if cfg.resume:
-        ckpt, state = checkpoint.load_newest_good(out, info, model, optimizer, scheduler, sharded)
-        start = state["step"]
-        say(f"resuming from {ckpt} (step {start})")
-    n_trainable = sum(p.numel() for p in params)
-    unit = "pairs" if is_dpo else "examples"
-    say(f"train: {len(train_enc)} {unit} ({stats.truncated} truncated, {stats.dropped} dropped), "
-        f"eval: {len(eval_enc)}; {total} steps x {cfg.batch_size * cfg.grad_accum * info.world} {unit}; "
-        f"LoRA r={model.peft_config['default'].r} on {','.join(sorted(model.peft_config['default'].target_modules))} "
-        f"({n_trainable / 1e6:.2f}M trainable); {device.type} {str(dtype).replace('torch.', '')}"
-        + (f"; {info.world} processes" + (" (FSDP)" if sharded else "") if info.active else ""))
-
+        hooks.on_data(job.train_enc, job.eval_enc)
+    _setup_resume(job)
+    _announce(job)
     metrics = None
     if info.main:
         save_config(cfg, out / "train_config.yaml")
-        metrics = MetricsLog(out, resume_step=start if cfg.resume else None, report_to=cfg.report_to,
+        metrics = MetricsLog(out, resume_step=job.start if cfg.resume else None, report_to=cfg.report_to,
                              config=to_dict(cfg))
     if hooks.on_model:
-        hooks.on_model(model)
+        hooks.on_model(job.model)
 
-    # --- the loop -------------------------------------------------------------------------------
-    model.train()  # from_pretrained returns eval mode, which would silently switch LoRA dropout off
-    pad_id = tok.pad_token_id
-    train_time, tokens_all, tokens_sup, eval_loss = 0.0, 0, 0, None
-
-    def eval_extra(fn) -> dict:  # DPO's reward accuracy / margin on the eval pairs
-        return fn.take_metrics(info, prefix="eval_") if is_dpo else {}
-
-    bar = tqdm(total=total, initial=start, disable=not (info.main and cfg.progress), desc="train",
+    job.model.train()  # from_pretrained returns eval mode, which would silently switch LoRA dropout off
+    bar = tqdm(total=job.total, initial=job.start, disable=not (info.main and cfg.progress), desc="train",
                unit="step", dynamic_ncols=True, file=sys.stderr)
     try:
-        for step in range(start, total):
-            t0 = time.perf_counter()
-            per_rank = plan.step(step)
-            group = [i for micro in per_rank for mb in micro for i in mb]
-            n_sup = sum(train_enc[i].n_supervised for i in group)  # the whole step, all ranks
-            n_tok = sum(train_enc[i].n_tokens for i in group)
-            mine = [{k: v.to(device) for k, v in collate_fn([train_enc[i] for i in part], pad_id).items()}
-                    for mb in per_rank[info.rank] for part in split_by_tokens(mb, lengths, pass_tokens)]
-            lr = scheduler.get_last_lr()[0]
-
-            if sharded:  # every rank makes as many passes as the busiest, the idle ones first
-                idle = sharding.missing_passes(per_rank, lengths, pass_tokens, info.rank)
-                sharding.idle_passes(step_fn, mine[0], idle, info, backward=True)
-            loss = dist.sum_all(info, accumulate(step_fn, mine, n_sup, info))[0] / n_sup
-            norm = torch.nn.utils.clip_grad_norm_(params, cfg.max_grad_norm or float("inf")).item()
-            if not (math.isfinite(loss) and math.isfinite(norm)):
-                what = f"loss {loss}" if not math.isfinite(loss) else f"gradient norm {norm}"
-                raise TrainingDiverged(
-                    f"training stopped at step {step + 1}: {what} (lr {lr:.3g}); the adapter was not saved. "
-                    "Lower --lr, raise --warmup-ratio, check the data, or use --dtype float32"
-                    + ("; resume from the last good checkpoint with --resume" if cfg.save_every else ""))
-            optimizer.step()
-            scheduler.step()
-            optimizer.zero_grad(set_to_none=True)
-
-            dt = time.perf_counter() - t0
-            train_time, tokens_all, tokens_sup = train_time + dt, tokens_all + n_tok, tokens_sup + n_sup
-            record = {"step": step + 1, "epoch": round((step + 1) / plan.steps_per_epoch, 4), "loss": loss,
-                      "lr": lr, "grad_norm": norm, "tokens_per_s": n_tok / dt, "supervised_tokens_per_s": n_sup / dt,
-                      "peak_memory_mb": round(peak_memory_mb(device), 1)}
-            if is_dpo:  # its unit is a pair, not a supervised token
-                del record["supervised_tokens_per_s"]
-                record |= {"pairs_per_s": len(group) / dt, **loss_fn.take_metrics(info)}
-            if metrics and ((step + 1) % cfg.log_every == 0 or step + 1 == total):
+        for step in range(job.start, job.total):
+            record = _step(job, step)
+            if metrics and ((step + 1) % cfg.log_every == 0 or step + 1 == job.total):
                 metrics.log(record)
             bar.update(1)
-            bar.set_postfix(loss=f"{loss:.4f}", tok_s=f"{tokens_all / train_time:.0f}", refresh=False)
-
-            done = step + 1
-            if eval_enc and cfg.eval_every and done % cfg.eval_every == 0 and done < total:
-                eval_loss = held_out_loss(loss_fn, eval_enc, cfg.batch_size, pad_id, info, collate_fn)
-                extra = eval_extra(loss_fn)  # on every rank: it sums over ranks
-                if metrics:
-                    metrics.log({"step": done, "eval_loss": eval_loss, **extra})
-            if cfg.save_every and done % cfg.save_every == 0 and done < total:
-                checkpoint.save(out, info, done, plan.epoch_of(done), done % plan.steps_per_epoch, model,
-                                optimizer, scheduler, cfg.keep_checkpoints, sharded)
+            bar.set_postfix(loss=f"{record['loss']:.4f}", tok_s=f"{job.tokens_all / job.train_time:.0f}",
+                            refresh=False)
+            _after_step(job, step + 1, metrics)
             if hooks.on_step:
-                hooks.on_step(done, record)
+                hooks.on_step(step + 1, record)
         bar.close()
-
-        # --- outputs (rank 0) ---------------------------------------------------------------
-        if eval_enc:
-            eval_loss = held_out_loss(loss_fn, eval_enc, cfg.batch_size, pad_id, info, collate_fn)
-            extra = eval_extra(loss_fn)
-            if metrics:
-                metrics.log({"step": total, "eval_loss": eval_loss, **extra})
-        adapter = sharding.full_trainable_state(model, info) if sharded else None  # every rank gathers
-        summary = {}
-        if info.main:
-            save_prompt_format(out / "adapter", tok, formatter)  # the prompt eval and serve must use
-            model.save_pretrained(out / "adapter", state_dict=adapter)
-            tok.save_pretrained(out / "adapter")
-            history = read_metrics(out / "metrics.jsonl")
-            losses = [r["loss"] for r in history if "loss" in r]
-            summary = {
-                "steps": total, "epochs": round(total / plan.steps_per_epoch, 4),
-                "final_loss": losses[-1] if losses else None,
-                "eval_loss": eval_loss,
-                "tokens_per_s": tokens_all / train_time if train_time else None,
-                "supervised_tokens_per_s": tokens_sup / train_time if train_time else None,
-                "train_seconds": round(train_time, 2),
-                "peak_memory_mb": round(peak_memory_mb(device), 1),
-                "examples": {"train": len(train_enc), "eval": len(eval_enc),
-                             "truncated": stats.truncated + eval_stats.truncated,
-                             "dropped": stats.dropped + eval_stats.dropped},
-                "processes": info.world, "sharded": sharded, "device": device.type, "dtype": str(dtype).replace("torch.", ""),
-                "model": resolve_model(cfg.model), "adapter": str(out / "adapter"),
-                "method": cfg.method, "load_in_4bit": cfg.load_in_4bit,
-            }
-            if is_dpo:
-                last = [r for r in history if "reward_accuracy" in r]
-                del summary["supervised_tokens_per_s"]
-                summary |= {"pairs_per_s": tokens_sup / train_time if train_time else None,  # a pair is DPO's unit
-                            "final_reward_accuracy": last[-1]["reward_accuracy"] if last else None,
-                            "final_reward_margin": last[-1]["reward_margin"] if last else None,
-                            "beta": cfg.beta, "dpo_loss": cfg.dpo_loss, "init_adapter": cfg.init_adapter}
-            (out / "summary.json").write_text(json.dumps(summary, indent=2))
-            plot_loss(out / "metrics.jsonl", out / "loss.png")
-            if cfg.merge:
-                # a 4-bit base cannot hold the merge: the adapter goes into a fresh bf16 base instead
-                # (sharded: the frozen base is the one on disk, so no need to gather it either)
-                merged = (merge_onto_base(resolve_model(cfg.model), out / "adapter",
-                                          torch.bfloat16 if cfg.load_in_4bit else dtype)
-                          if cfg.load_in_4bit or sharded else model.merge_and_unload())
-                merged.save_pretrained(out / "merged")
-                tok.save_pretrained(out / "merged")
-                save_prompt_format(out / "merged", tok, formatter)
-            say(f"done: {out / 'adapter'}  final loss {summary['final_loss']:.4f}"
-                + (f"  eval loss {eval_loss:.4f}" if eval_loss is not None else "")
-                + (f"  {summary['tokens_per_s']:.0f} tokens/s" if train_time else ""))
-        dist.barrier(info)
-        return summary
+        if job.eval_enc:
+            _evaluate(job, job.total, metrics)
+        return write_outputs(job)
     finally:
         bar.close()
         if metrics:  # an exception on its way out marks the trackers' runs failed
             metrics.close(failed=sys.exc_info()[1] is not None)
+
+
+# --- setup, in the order _train calls it ------------------------------------------------------
+def _setup_data(job: Job) -> None:
+    """Read the training (and eval) examples or pairs, and check a resumed run is the same run."""
+    from generator.models import resolve_model
+    from trainer.data import Fields, load_examples, load_pairs, split_eval
+    from trainer.resume import check_or_record_fingerprint, run_fingerprint
+
+    cfg = job.cfg
+    fields = Fields(cfg.instruction_field, cfg.input_field, cfg.output_field, cfg.messages_field)
+    load = load_pairs if job.is_dpo else (lambda path: load_examples(path, fields))
+    examples = load(cfg.data)
+    if cfg.eval_data:
+        job.train_ex, job.eval_ex = examples, load(cfg.eval_data)
+    else:
+        job.train_ex, job.eval_ex = split_eval(examples, cfg.eval_fraction, cfg.seed)
+    check_or_record_fingerprint(cfg, job.out, job.info,
+                                run_fingerprint(cfg, resolve_model(cfg.model), job.train_ex, job.eval_ex))
+
+
+def _setup_student(job: Job) -> None:
+    """The student with its LoRA adapter; the same LoRA initialisation on every rank."""
+    import random
+
+    import numpy as np
+    import torch
+
+    from generator.models import resolve_model
+    from trainer import sharding
+    from trainer.format import Formatter
+    from trainer.model import load_student, pick_dtype
+
+    cfg, info = job.cfg, job.info
+    job.dtype = pick_dtype(cfg.dtype, info.device)
+    random.seed(cfg.seed)
+    np.random.seed(cfg.seed)
+    torch.manual_seed(cfg.seed)  # identical LoRA init on every rank
+    job.model, job.tok, stop_ids = load_student(
+        resolve_model(cfg.model), sharding.load_device(cfg.strategy, info), job.dtype, lora_r=cfg.lora_r,
+        lora_alpha=cfg.lora_alpha, lora_dropout=cfg.lora_dropout, target_modules=cfg.target_modules,
+        gradient_checkpointing=cfg.gradient_checkpointing, init_adapter=cfg.init_adapter,
+        load_in_4bit=cfg.load_in_4bit)
+    torch.manual_seed(cfg.seed + info.rank)  # dropout masks differ per rank, as they would on one big batch
+    job.formatter = Formatter(job.tok, cfg.system_prompt, stop_ids)
+
+
+def _setup_encoding(job: Job) -> None:
+    """Token ids and loss masks, and the batch plan over them."""
+    from trainer import dpo
+    from trainer.batching import StepPlan, collate
+    from trainer.format import encode_all
+
+    cfg = job.cfg
+    encode = dpo.encode_pairs if job.is_dpo else encode_all
+    job.train_enc, job.stats = encode(job.formatter, job.train_ex, cfg.max_length, cfg.overlong)
+    job.eval_enc, job.eval_stats = encode(job.formatter, job.eval_ex, cfg.max_length, cfg.overlong)
+    if not job.train_enc:
+        raise UserError(f"{cfg.data}: all {job.stats.total} training examples are longer than --max-length "
+                        f"{cfg.max_length} tokens; raise --max-length or use --overlong truncate")
+    # A DPO pair costs two padded rows of its longer side; batches group pairs by that.
+    job.lengths = [e.batch_length if job.is_dpo else e.n_tokens for e in job.train_enc]
+    job.collate = dpo.collate_pairs if job.is_dpo else collate
+    job.plan = StepPlan(job.lengths, cfg.batch_size, cfg.grad_accum, job.info.world, cfg.seed, cfg.group_by_length)
+    # Activation memory grows with the tokens of one forward pass (~4 MB a token for SmolLM2-135M in
+    # fp32), while CPU throughput per token is flat from ~400 tokens a pass up: on CPU passes are
+    # capped at 1024 tokens by default (half the peak memory of 2048, same speed).
+    cpu = job.info.device.type == "cpu"
+    job.pass_tokens = cfg.max_pass_tokens if cfg.max_pass_tokens is not None else (1024 if cpu else 0)
+    job.total = cfg.max_steps or cfg.epochs * job.plan.steps_per_epoch
+
+
+def _setup_optimizer(job: Job) -> None:
+    """The loss, sharded or not, then AdamW and the schedule over the trainable parameters."""
+    import torch
+
+    from trainer import sharding
+    from trainer.model import CausalLMLoss
+
+    cfg, info = job.cfg, job.info
+    autocast = torch.bfloat16 if job.dtype == torch.bfloat16 and info.device.type == "cuda" else None
+    job.loss_fn = CausalLMLoss(job.model, autocast_dtype=autocast)
+    job.sharded = sharding.active(cfg.strategy, info)
+    if job.sharded:  # before the optimizer is built: sharding replaces the parameters
+        sharding.shard(job.loss_fn, info)
+    elif cfg.strategy == "fsdp":
+        job.say("--strategy fsdp with one process: nothing to shard, training unsharded")
+    job.params = [p for p in job.model.parameters() if p.requires_grad]
+    job.optimizer = torch.optim.AdamW(job.params, lr=cfg.lr, weight_decay=cfg.weight_decay)
+    job.scheduler = torch.optim.lr_scheduler.LambdaLR(
+        job.optimizer, lr_factor(cfg.schedule, round(cfg.warmup_ratio * job.total), job.total))
+
+
+def _setup_reference(job: Job) -> None:
+    """DPO's reference: the model as it starts (adapter off from a base model; the loaded SFT adapter
+    with --init-adapter), computed once, before a resumed run loads its checkpoint."""
+    from trainer import dpo
+
+    cfg = job.cfg
+    job.say(f"dpo: reference log-probs of {len(job.train_enc) + len(job.eval_enc)} pairs "
+            f"({'the loaded adapter' if cfg.init_adapter else 'adapter off'})")
+    for part in (job.train_enc, job.eval_enc):
+        dpo.compute_reference(job.loss_fn, part, cfg.batch_size, job.tok.pad_token_id, job.info.device,
+                              adapter_off=not cfg.init_adapter, pass_tokens=job.pass_tokens)
+    job.loss_fn = dpo.DPOLoss(job.loss_fn, cfg.beta, cfg.dpo_loss)
+
+
+def _setup_resume(job: Job) -> None:
+    """Wrap the loss for DDP where several unsharded processes train; load the newest good checkpoint
+    when resuming."""
+    import torch
+
+    from trainer import checkpoint
+
+    info = job.info
+    job.step_fn = job.loss_fn
+    if info.active and not job.sharded:
+        job.step_fn = torch.nn.parallel.DistributedDataParallel(
+            job.loss_fn, device_ids=[info.device.index] if info.device.type == "cuda" else None)
+    if job.cfg.resume:
+        ckpt, state = checkpoint.load_newest_good(job.out, info, job.model, job.optimizer, job.scheduler,
+                                                  job.sharded)
+        job.start = state["step"]
+        job.say(f"resuming from {ckpt} (step {job.start})")
+
+
+def _announce(job: Job) -> None:
+    cfg, info, lora = job.cfg, job.info, job.model.peft_config["default"]
+    unit = "pairs" if job.is_dpo else "examples"
+    n_trainable = sum(p.numel() for p in job.params)
+    job.say(f"train: {len(job.train_enc)} {unit} ({job.stats.truncated} truncated, {job.stats.dropped} dropped), "
+            f"eval: {len(job.eval_enc)}; {job.total} steps x {cfg.batch_size * cfg.grad_accum * info.world} {unit}; "
+            f"LoRA r={lora.r} on {','.join(sorted(lora.target_modules))} ({n_trainable / 1e6:.2f}M trainable); "
+            f"{info.device.type} {str(job.dtype).replace('torch.', '')}"
+            + (f"; {info.world} processes" + (" (FSDP)" if job.sharded else "") if info.active else ""))
+
+
+# --- the loop ---------------------------------------------------------------------------------
+def _step(job: Job, step: int) -> dict:
+    """One optimizer step (0-based `step`) over all ranks; returns its metrics record."""
+    import torch
+
+    from trainer import dist, sharding
+    from trainer.batching import split_by_tokens
+    from trainer.metrics import peak_memory_mb
+
+    cfg, info, enc = job.cfg, job.info, job.train_enc
+    t0 = time.perf_counter()
+    per_rank = job.plan.step(step)
+    group = [i for micro in per_rank for mb in micro for i in mb]
+    n_sup = sum(enc[i].n_supervised for i in group)  # the whole step, all ranks
+    n_tok = sum(enc[i].n_tokens for i in group)
+    pad_id = job.tok.pad_token_id
+    mine = [{k: v.to(info.device) for k, v in job.collate([enc[i] for i in part], pad_id).items()}
+            for mb in per_rank[info.rank] for part in split_by_tokens(mb, job.lengths, job.pass_tokens)]
+    lr = job.scheduler.get_last_lr()[0]
+
+    if job.sharded:  # every rank makes as many passes as the busiest, the idle ones first
+        idle = sharding.missing_passes(per_rank, job.lengths, job.pass_tokens, info.rank)
+        sharding.idle_passes(job.step_fn, mine[0], idle, info, backward=True)
+    loss = dist.sum_all(info, accumulate(job.step_fn, mine, n_sup, info))[0] / n_sup
+    norm = torch.nn.utils.clip_grad_norm_(job.params, cfg.max_grad_norm or float("inf")).item()
+    if not (math.isfinite(loss) and math.isfinite(norm)):
+        what = f"loss {loss}" if not math.isfinite(loss) else f"gradient norm {norm}"
+        raise TrainingDiverged(
+            f"training stopped at step {step + 1}: {what} (lr {lr:.3g}); the adapter was not saved. "
+            "Lower --lr, raise --warmup-ratio, check the data, or use --dtype float32"
+            + ("; resume from the last good checkpoint with --resume" if cfg.save_every else ""))
+    job.optimizer.step()
+    job.scheduler.step()
+    job.optimizer.zero_grad(set_to_none=True)
+
+    dt = time.perf_counter() - t0
+    job.train_time, job.tokens_all, job.tokens_sup = job.train_time + dt, job.tokens_all + n_tok, job.tokens_sup + n_sup
+    record = {"step": step + 1, "epoch": round((step + 1) / job.plan.steps_per_epoch, 4), "loss": loss,
+              "lr": lr, "grad_norm": norm, "tokens_per_s": n_tok / dt, "supervised_tokens_per_s": n_sup / dt,
+              "peak_memory_mb": round(peak_memory_mb(info.device), 1)}
+    if job.is_dpo:  # its unit is a pair, not a supervised token
+        del record["supervised_tokens_per_s"]
+        record |= {"pairs_per_s": len(group) / dt, **job.loss_fn.take_metrics(info)}
+    return record
+
+
+def _after_step(job: Job, done: int, metrics) -> None:
+    """Held-out loss every --eval-every steps and a checkpoint every --save-every (not after the
+    last step: _finish evaluates and saves the adapter itself)."""
+    from trainer import checkpoint
+
+    cfg = job.cfg
+    if done >= job.total:
+        return
+    if job.eval_enc and cfg.eval_every and done % cfg.eval_every == 0:
+        _evaluate(job, done, metrics)
+    if cfg.save_every and done % cfg.save_every == 0:
+        checkpoint.save(job.out, job.info, done, job.plan.epoch_of(done), done % job.plan.steps_per_epoch,
+                        job.model, job.optimizer, job.scheduler, cfg.keep_checkpoints, job.sharded)
+
+
+def _evaluate(job: Job, done: int, metrics) -> None:
+    """Held-out loss (and DPO's reward accuracy / margin), computed on every rank: they sum over ranks."""
+    job.eval_loss = held_out_loss(job.loss_fn, job.eval_enc, job.cfg.batch_size, job.tok.pad_token_id,
+                                  job.info, job.collate)
+    extra = job.loss_fn.take_metrics(job.info, prefix="eval_") if job.is_dpo else {}
+    if metrics:
+        metrics.log({"step": done, "eval_loss": job.eval_loss, **extra})
 
 
 # --- CLI ----------------------------------------------------------------------------------------
