@@ -28,6 +28,7 @@ from __future__ import annotations
 import asyncio
 import math
 import re
+from collections import Counter
 from dataclasses import dataclass
 
 from generator import verifiers
@@ -70,10 +71,21 @@ def new_candidate(text: str, finish_reason: str = "stop") -> dict:
 
 # -- checks that no answer is kept without ----------------------------------------------------
 
+# Sentence ends and line breaks: a looping small teacher varies its line breaks, not its sentences.
+_SENTENCE_END = re.compile(r"(?<=[.!?])\s+|\n+")
+
+
 def _degenerate(text: str) -> bool:
-    """A loop: the same line three or more times, or few distinct word 4-grams in a long answer."""
+    """A loop: the same line three or more times, the same sentence of 4+ words three or more times
+    anywhere, or few distinct word 4-grams in a long answer. The sentence rule is what catches the
+    135M teacher's loops that wander between lines ("I will make your meal. I am here to help you."
+    four times among other sentences); on the 471 human-written outputs of seeds/ it flags none."""
     lines = [ln.strip() for ln in text.splitlines() if ln.strip()]
     if lines and max(lines.count(ln) for ln in set(lines)) >= 3 and len(set(lines)) < len(lines) / 2:
+        return True
+    sentences = [" ".join(re.findall(r"\w+", s.lower())) for s in _SENTENCE_END.split(text)]
+    counts = Counter(s for s in sentences if s.count(" ") >= 3)
+    if counts and max(counts.values()) >= 3:
         return True
     words = text.lower().split()
     if len(words) >= 40:

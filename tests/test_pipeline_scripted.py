@@ -633,3 +633,23 @@ def test_a_bootstrap_task_that_restates_its_prompt_is_rejected(tmp_path, templat
     kept = {r["base_instruction"] for r in _rows(run / "data.jsonl")}
     assert "Describe the bootstrap " + " ".join(WORDS[:3]) + " briefly." in kept
     _check_bookkeeping(run)
+
+
+def test_a_looping_answer_is_never_kept():
+    """Real replies of the 135M teacher that loop across lines (so no line repeats three times) are
+    caught by the same sentence three times; a sentence twice, or a list whose items share words, is
+    not a loop."""
+    from generator.scoring import check_reasons
+
+    meal = ("Serving a beginner with ease is an absolute must.\nYou can enjoy your favorite dish with ease.\n\n"
+            "I will make your meal. I am here to help you.\n\nThis is an endless mission.\n\n"
+            "I will make your meal. I am here to help you.\n\nOne day I promise I will make your meal.\n\n"
+            "I am here to help you.\n\nHere are the parts I can use.")
+    books = ("Here are five books to read:\n\n1. The New York Times bestseller list\n2. The Scandalous Library\n"
+             "3. The New York Times bestseller list\n4. The New York Times bestseller list")
+    for text in (meal, books):
+        assert "repetitive_response" in check_reasons(text, "stop", "Help me cook a popular dish.")
+    fine = ("Preheat the oven to 200 C. Chop the onions and the garlic. Fry them for five minutes. "
+            "Chop the onions and the garlic again if they are still coarse. Serve hot.\n"
+            "1. Chop the red peppers into strips.\n2. Chop the green peppers into strips.\n3. Chop the herbs.")
+    assert check_reasons(fine, "stop", "Help me cook a popular dish.") == []
