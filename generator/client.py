@@ -55,8 +55,36 @@ class Completion:
     endpoint: str
     model: str
     # First choice only, one {token: logprob} per generated token, when the request asked for
-    # logprobs (generator.classify compares Yes against No with it); None otherwise.
+    # top logprobs (generator.classify compares Yes against No with it); None otherwise.
     top_logprobs: list[dict[str, float]] | None = None
+    # Per choice, the log-prob of each generated token, when the request asked for logprobs
+    # (magpie drops requests its own writer finds unlikely); None otherwise.
+    token_logprobs: list[list[float]] | None = None
+
+    def mean_logprob(self, i: int) -> float | None:
+        """Choice i's mean log-prob per generated token, or None without logprobs."""
+        lps = self.token_logprobs[i] if self.token_logprobs and i < len(self.token_logprobs) else None
+        return sum(lps) / len(lps) if lps else None
+
+
+def _logprobs(resp, kind: str) -> tuple[list[dict[str, float]] | None, list[list[float]] | None]:
+    """(first choice's top logprobs per token, every choice's token logprobs) from a chat or
+    completion response, in OpenAI's two shapes; (None, None) where the server sent none."""
+    tops, tokens = None, []
+    for i, choice in enumerate(resp.choices):
+        lp = getattr(choice, "logprobs", None)
+        if lp is None:
+            return tops, None
+        if kind == "chat":
+            content = lp.content or []
+            tokens.append([t.logprob for t in content if t.logprob is not None])
+            if i == 0 and any(t.top_logprobs for t in content):
+                tops = [{alt.token: alt.logprob for alt in t.top_logprobs or []} for t in content]
+        else:
+            tokens.append([x for x in lp.token_logprobs or [] if x is not None])
+            if i == 0 and lp.top_logprobs:
+                tops = [dict(t or {}) for t in lp.top_logprobs]
+    return tops, tokens or None
 
 
 @dataclass
@@ -272,7 +300,10 @@ class TeacherClient:
         spent = self.usage.by_stage.setdefault(stage, {"requests": 0, "prompt_tokens": 0, "completion_tokens": 0})
         spent["requests"], spent["prompt_tokens"], spent["completion_tokens"] = (
             spent["requests"] + 1, spent["prompt_tokens"] + pt, spent["completion_tokens"] + ct)
-        return Completion(texts, [c.finish_reason or "" for c in resp.choices], pt, ct, redact_url(ep.url), model)
+        asked = payload.get("logprobs") is not None and payload.get("logprobs") is not False  # completion: 0 asks too
+        tops, tokens = _logprobs(resp, kind) if asked else (None, None)
+        return Completion(texts, [c.finish_reason or "" for c in resp.choices], pt, ct, redact_url(ep.url), model,
+                          top_logprobs=tops, token_logprobs=tokens)
 
     def _failed(self, ep: _Endpoint, err: openai.APIError, final: bool, attempt: int) -> float | None:
         """After a failed attempt: raise for what no retry can fix, else the seconds to wait

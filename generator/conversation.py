@@ -127,7 +127,7 @@ async def _followup(p, messages: list[dict], move: str, persona: str | None):
     if p.followup_method == "magpie":
         system = MAGPIE_FOLLOWUP_SYSTEM.format(move=MOVES[move]) + (f" The user is {persona}." if persona else "")
         prompt, stops = p.magpie_prompt(system, messages)
-        extra = {"stop": stops}
+        extra = {"stop": stops, **p._judged()}  # judged by --min-request-logprob, like a magpie request
     else:
         prompt, extra = p._render("followup", {"conversation": messages, "move": MOVES[move], "persona": persona},
                                   False), {}
@@ -154,6 +154,10 @@ async def extend(p, conversation: list[dict], turns: int, persona: str | None) -
             break
         tried = [(clean_followup(t), f) for t, f in zip(out.texts, out.finish_reasons)]
         why = [followup_reasons(t, f, messages, p.cfg.max_words) for t, f in tried]
+        for i, w in enumerate(why):
+            mean = out.mean_logprob(i)
+            if not w and mean is not None and mean < p.cfg.min_request_logprob:
+                w.append("followup_unlikely")
         ok = [t for (t, _), w in zip(tried, why) if not w]
         if not ok:
             p._reject({"stage": "followup", "turn": len(details) + 2, "move": move,

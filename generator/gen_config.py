@@ -102,6 +102,11 @@ class GenerateConfig:
     novelty_threshold: float = setting(0.7, "drop instructions with ROUGE-L F above this against the pool",
                                        group=_FILTERS)
     stem: bool = setting(False, "Porter-stem words before ROUGE-L (rouge-score's option)", group=_FILTERS)
+    min_request_logprob: float = setting(
+        -3.0, "magpie: drop a written request (or follow-up) whose mean log-prob per token, under the teacher "
+        "that wrote it, is below this: word salad from a small teacher (with the embedded 135M teacher, ~50 of 54 "
+        "requests below -3 were nonsense, 20 of 22 above -2 were fine); --min-request-logprob=-inf keeps all",
+        group=_FILTERS)
     decontaminate: list[str] = setting(help="drop instructions overlapping these files (13-gram or ROUGE-L); "
                                        "repeatable", factory=list, metavar="FILE", group=_FILTERS)
     # --- languages other than English ----------------------------------------------------------

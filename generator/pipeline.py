@@ -360,6 +360,11 @@ class Pipeline:
         stops = [x for x in {tail.strip().split("\n")[0].strip(), tok.eos_token or ""} if x]
         return head, stops
 
+    def _judged(self) -> dict:
+        """Request parameters that bring back the sampled tokens' log-probs, which
+        --min-request-logprob judges a written request by (none asked for when it is -inf)."""
+        return {"logprobs": 0} if self.cfg.min_request_logprob > float("-inf") else {}
+
     async def _magpie_unit(self) -> None:
         p = self.params
         steer = self._next_steer()
@@ -367,7 +372,7 @@ class Pipeline:
         try:
             out = await self._request_raw("magpie", prompt, n=self._magpie_n,
                                           max_tokens=p["max_tokens"], temperature=p["temperature"],
-                                          top_p=p["top_p"], stop=stops)
+                                          top_p=p["top_p"], stop=stops, **self._judged())
         finally:
             self.awaiting -= 1
         if out is None:
@@ -375,12 +380,17 @@ class Pipeline:
         self.replies += 1
         prov = {"templates": {}, "examples": {"seed": [], "machine": []}, **steer}
         jobs = []
-        for text, finish in zip(out.texts, out.finish_reasons):
+        for i, (text, finish) in enumerate(zip(out.texts, out.finish_reasons)):
             if self.kept + self.in_progress >= self.cfg.num_instructions:
                 break
             text = text.strip()
             if finish == "length":
                 self._reject({"stage": "magpie", "raw": text[-300:]}, "cut_by_length_limit")
+                continue
+            mean = out.mean_logprob(i)  # None from a server that sends no logprobs: nothing to judge by
+            if mean is not None and mean < self.cfg.min_request_logprob:
+                self._reject({"stage": "magpie", "instruction": text, "mean_logprob": round(mean, 3)},
+                             "unlikely_request")
                 continue
             admitted = self._admit(text)
             if admitted is not None:

@@ -104,6 +104,17 @@ RESUMABLE_CHANGES = {"num_instructions", "concurrency", "teacher_url", "request_
                      "seeds", "decontaminate", "templates", "template"}
 
 
+def _defaults(cfg) -> dict:
+    """The default of every setting of a config dataclass that has one."""
+    out = {}
+    for f in dataclasses.fields(cfg):
+        if f.default is not dataclasses.MISSING:
+            out[f.name] = f.default
+        elif f.default_factory is not dataclasses.MISSING:
+            out[f.name] = f.default_factory()
+    return out
+
+
 def _read_jsonl_tail_safe(path: Path) -> tuple[list[dict], list[int], int]:
     """Records of a JSONL file we wrote, a torn tail removed: (records, byte offset after each, lines dropped)."""
     if not path.exists():
@@ -239,8 +250,9 @@ class RunDir:
                                 "rewrite it with the current settings and resume, or choose a new --out")
             old = old or {}
             self.run_id = old.get("run_id") or uuid.uuid4().hex[:12]
-            changed = {k for k in set(new_cfg) | set(old.get("config", {})) if k not in RESUMABLE_CHANGES
-                       and new_cfg.get(k) != old.get("config", {}).get(k)}
+            # a setting newer than the saved config had its default then
+            was = {**_defaults(cfg), **(old.get("config") or {})}
+            changed = {k for k in set(new_cfg) | set(was) if k not in RESUMABLE_CHANGES and new_cfg.get(k) != was.get(k)}
             if "inputs" in old:
                 old_inputs = old["inputs"] or {}
                 names = set(inputs) | set(old_inputs)

@@ -19,6 +19,10 @@ class FaultServer:
     `script(kind, request) -> reply` writes the "ok" replies: kind is "chat" or "completion",
     request the JSON body; reply is a text (every choice), a list of texts or (text,
     finish_reason) pairs (one per choice), or an int HTTP status to refuse this request with.
+    A pair may carry a third item, the choice's token logprobs: a list of {token: logprob} dicts,
+    the first key the sampled token, the rest its top alternatives. A request that asks for
+    logprobs gets them (OpenAI's chat or completion shape); without scripted ones every word is a
+    token of log-prob -0.5.
     `max_model_len` is reported in /v1/models as vLLM does.
     """
 
@@ -88,11 +92,14 @@ class FaultServer:
                     out = [out] * n if isinstance(out, str) else out
                     replies = [(o, "stop") if isinstance(o, str) else tuple(o) for o in out][:n]
                 if chat:
-                    choices = [{"index": i, "finish_reason": f, "message": {"role": "assistant", "content": t}}
-                               for i, (t, f) in enumerate(replies)]
+                    choices = [{"index": i, "finish_reason": r[1], "message": {"role": "assistant", "content": r[0]}}
+                               for i, r in enumerate(replies)]
                 else:
-                    choices = [{"index": i, "finish_reason": f, "text": t} for i, (t, f) in enumerate(replies)]
-                tokens = sum(len(t.split()) for t, _ in replies)
+                    choices = [{"index": i, "finish_reason": r[1], "text": r[0]} for i, r in enumerate(replies)]
+                if req.get("logprobs") is not None and req.get("logprobs") is not False:
+                    for choice, r in zip(choices, replies):
+                        choice["logprobs"] = _logprobs(r[2] if len(r) > 2 else [{w: -0.5} for w in r[0].split()], chat)
+                tokens = sum(len(r[0].split()) for r in replies)
                 self._reply(200, {"id": "x", "object": "chat.completion" if chat else "text_completion",
                                   "created": 0, "model": "fake-model", "choices": choices,
                                   "usage": {"prompt_tokens": 5, "completion_tokens": tokens,
@@ -124,3 +131,13 @@ class FaultServer:
     def __exit__(self, *exc) -> None:
         self.httpd.shutdown()
         self.httpd.server_close()
+
+
+def _logprobs(per_token: list[dict[str, float]], chat: bool) -> dict:
+    """OpenAI's logprobs object of one choice from {sampled token: logprob, alternatives...} dicts."""
+    if chat:
+        return {"content": [{"token": next(iter(d)), "logprob": next(iter(d.values())), "bytes": None,
+                             "top_logprobs": [{"token": t, "logprob": lp, "bytes": None} for t, lp in d.items()]}
+                            for d in per_token]}
+    return {"tokens": [next(iter(d)) for d in per_token], "token_logprobs": [next(iter(d.values())) for d in per_token],
+            "top_logprobs": [dict(d) for d in per_token], "text_offset": [0] * len(per_token)}

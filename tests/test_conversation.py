@@ -218,6 +218,32 @@ def test_followups_carry_the_persona_both_ways(tmp_path, templates, method):
         assert all(any(r["messages"][1]["content"] in q for q in follow) for r in records)  # the answer precedes it
 
 
+def test_magpie_followups_the_teacher_finds_unlikely_end_the_conversation(tmp_path, templates):
+    """Magpie follow-ups are judged by --min-request-logprob like the first request: when every
+    sampled follow-up is below it, the conversation ends at its first turn, counted as
+    followup_unlikely."""
+    from generator.models import embedded_model_dir
+
+    script = ConvScript()
+
+    def spy(kind, req):
+        if kind == "completion":
+            n = int(req.get("n") or 1)
+            if "<|im_start|>assistant" in req["prompt"]:  # a follow-up: fluent words, unlikely to its writer
+                return [(t, "stop", [{w: -5.0} for w in t.split()])
+                        for t in (f"How would a {w} change that?" for w in random.sample(WORDS, n))]
+            return [script._instruction() for _ in range(n)]
+        return script(kind, req)
+
+    with FaultServer(script=spy, root=str(embedded_model_dir())) as srv:
+        stats = generate(_cfg(tmp_path, srv.url, templates, mode="magpie", num_instructions=2, turns="2",
+                              followup="magpie"))
+    records = _rows(tmp_path / "run" / "data.jsonl")
+    assert records and all(r["num_turns"] == 1 for r in records)
+    assert stats["rejections"]["followup_unlikely"] == len(records)
+    _check_bookkeeping(tmp_path / "run")
+
+
 @pytest.mark.parametrize("mode,stage", [("alpaca", "alpaca"), ("self-instruct", "bootstrap")])
 def test_personas_steer_the_bootstrap_modes_in_turn(tmp_path, templates, mode, stage):
     """--personas beyond magpie: each alpaca / bootstrap request carries the next persona into its

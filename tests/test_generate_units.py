@@ -255,6 +255,23 @@ def test_resume_with_changed_settings_needs_force(tmp_path):
     RunDir(tmp_path).open(_Cfg(str(tmp_path), mode="self-instruct"), {"seeds": "aa"}, force=True).close()
 
 
+def test_a_setting_newer_than_the_run_resumes_at_its_default(tmp_path):
+    """A run saved before a setting existed resumes when the setting is at its default (it had
+    that behaviour then), and asks for --force when it is not."""
+    import yaml
+
+    run = RunDir(tmp_path).open(_Cfg(str(tmp_path)), {})
+    run.write_group(_group("a", 1))
+    run.close()
+    saved = yaml.safe_load((tmp_path / "config.yaml").read_text())
+    del saved["config"]["mode"]  # as if `mode` were added after this run was made
+    (tmp_path / "config.yaml").write_text(yaml.safe_dump(saved))
+    RunDir(tmp_path).open(_Cfg(str(tmp_path)), {}).close()
+    (tmp_path / "config.yaml").write_text(yaml.safe_dump(saved))
+    with pytest.raises(UserError, match=r"different settings \(mode\)"):
+        RunDir(tmp_path).open(_Cfg(str(tmp_path), mode="self-instruct"), {})
+
+
 def test_corrupt_line_in_the_middle_is_an_error(tmp_path):
     RunDir(tmp_path).open(_Cfg(str(tmp_path)), {}).close()
     (tmp_path / "data.jsonl").write_text('{"id": 1}\nnot json\n{"id": 2}\n')

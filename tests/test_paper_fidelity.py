@@ -215,3 +215,30 @@ def test_bootstrap_asks_for_different_tasks_numbered_on():
     ex = [{"id": str(i), "instruction": f"Task {i}."} for i in range(8)]
     user = load_templates()["bootstrap"].render(structured=False, examples=ex, num_instructions=8, start=9).user
     assert "numbered 9 to 16" in user and "do not repeat or reword an example" in user
+
+
+@pytest.mark.parametrize("api", ["chat", "completion"])
+def test_the_real_client_reads_logprobs_off_vllm(api):
+    """The same as above through TeacherClient and a server that sends OpenAI's logprobs shapes:
+    the first token says nothing ("The"), its alternatives say No. (Before the client read them,
+    every non-vLLM teacher fell through to the text and this was None.)"""
+    from generator.client import TeacherClient
+    from tests.fault_server import FaultServer
+
+    def script(kind, req):
+        return [("The task is", "stop", [{"The": -0.5, "No": -1.0, "Yes": -2.0}, {" task": -0.1}, {" is": -0.2}])]
+
+    async def go(url):
+        async with TeacherClient(url, "fake-model") as client:
+            verdict = await classify_is_classification(
+                client, [{"role": "user", "content": "q"}] if api == "chat" else "prompt", api, server_is_vllm=False)
+            out = await (client.chat([{"role": "user", "content": "q"}], logprobs=True) if api == "chat"
+                         else client.complete("p", logprobs=0))
+            plain = await client.complete("p")
+            return verdict, out, plain
+
+    with FaultServer(script=script) as srv:
+        verdict, out, plain = asyncio.run(go(srv.url))
+    assert verdict is False
+    assert out.token_logprobs == [[-0.5, -0.1, -0.2]] and out.mean_logprob(0) == pytest.approx(-0.8 / 3)
+    assert plain.token_logprobs is None and plain.mean_logprob(0) is None

@@ -493,6 +493,40 @@ def test_magpie_mode_writes_requests_from_the_template_alone(tmp_path, templates
     _check_bookkeeping(tmp_path / "run")
 
 
+def test_magpie_drops_requests_the_teacher_itself_finds_unlikely(tmp_path, templates):
+    """Magpie requests come with their token log-probs; one whose mean per token is below
+    --min-request-logprob (-3 by default: word salad from a small teacher) is rejected as
+    unlikely_request and never enters the pool; =-inf keeps them all."""
+    from generator.models import embedded_model_dir
+
+    s = Script()
+    asked = []
+
+    def script(kind, req):
+        if kind == "completion":
+            asked.append(req.get("logprobs"))
+            out = []
+            for i in range(int(req.get("n") or 1)):
+                text = s._instruction()
+                out.append((text, "stop", [{w: -4.0 if i % 2 else -1.0} for w in text.split()]))
+            return out
+        return "a short plain answer"
+
+    with FaultServer(script=script, root=str(embedded_model_dir())) as srv:
+        stats = generate(_cfg(tmp_path, srv.url, templates, mode="magpie", num_instructions=6))
+        assert asked[0] == 0  # a completion request for the sampled tokens' log-probs
+        run = tmp_path / "run"
+        unlikely = [r for r in _rows(run / "rejected.jsonl") if r["reason"] == "unlikely_request"]
+        assert stats["kept_instructions"] == 6 and stats["rejections"]["unlikely_request"] == len(unlikely) >= 3
+        assert all(r["mean_logprob"] == -4.0 for r in unlikely)
+        kept = {r["instruction"] for r in _rows(run / "data.jsonl")}
+        assert not kept & {r["instruction"] for r in unlikely}
+        _check_bookkeeping(run)
+        stats = generate(_cfg(tmp_path, srv.url, templates, mode="magpie", num_instructions=6,
+                              out=str(tmp_path / "all"), min_request_logprob=float("-inf")))
+        assert "unlikely_request" not in stats["rejections"] and asked[-1] is None  # none asked for
+
+
 def test_magpie_personas_and_system_prompts_take_turns_and_are_kept(tmp_path, templates):
     from generator.models import embedded_model_dir
 
