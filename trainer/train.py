@@ -95,8 +95,8 @@ def train(cfg: TrainConfig, hooks: Hooks | None = None) -> dict:
 
 @dataclass
 class Job:
-    """One training run's state: built by the `_setup_*` helpers in order, then read and advanced by
-    the loop (`_step`, `_after_step`) and by `_finish`."""
+    """One training run's state: built by the `_setup_*` helpers in order, advanced by the loop
+    (`_step`, `_after_step`), and written out by trainer/outputs.py's `write_outputs`."""
 
     cfg: TrainConfig
     out: Path
@@ -373,7 +373,7 @@ def _step(job: Job, step: int) -> dict:
 
 def _after_step(job: Job, done: int, metrics) -> None:
     """Held-out loss every --eval-every steps and a checkpoint every --save-every (not after the
-    last step: _finish evaluates and saves the adapter itself)."""
+    last step: the run ends with its own eval and write_outputs)."""
     from trainer import checkpoint
 
     cfg = job.cfg
