@@ -11,6 +11,9 @@ Instructions come from one of three modes:
   itself (Magpie, Xu et al. 2024). A small chat model that copies list examples (Self-Instruct's
   bootstrap) still writes natural requests this way. Seeds then serve the novelty pool only.
 
+How each mode writes its instructions is in generator/modes.py; this module runs the loop,
+sends the requests, admits instructions (filters, novelty), answers them and keeps the books.
+
 Then responses (`responses` > 0, the default): a list of tasks written by a small teacher in one
 breath is mostly noise, so every kept instruction (and input) is answered again in the teacher's
 natural chat form, N samples in one request; a share of the instructions first gets verifiable
@@ -32,11 +35,11 @@ import time
 import uuid
 from collections import Counter
 
-from generator import conversation
+from generator import conversation, modes
 from generator.budget import ContextBudget
 from generator.client import BadRequest, Completion, TeacherClient
 from generator.conversation import parse_turns
-from generator.filters import FilterConfig, InstructionFilter, clean_instances, copies_shown, squash
+from generator.filters import FilterConfig, InstructionFilter, copies_shown
 from generator.gen_config import MODE_DEFAULTS, GenerateConfig
 from generator.novelty import NoveltyPool
 from generator.parsing import PARSERS, Parsed, response_format
@@ -47,7 +50,7 @@ from generator.seeds import SeedTask
 from generator.templates import Template
 from generator.verifiers import augment, sample_constraints
 
-# A bootstrap instruction with this many of its prompt's own words (Pipeline._prompt_own), or a
+# A bootstrap instruction with this many of its prompt's own words (modes._prompt_own), or a
 # piece of the prompt's text copied verbatim, restates the prompt rather than asking something.
 # Measured on the 50 self-instruct instructions the embedded 135M teacher got kept: 2 words
 # flagged 3 restatements ("Review the original task instructions with your AI assistant.") and no
@@ -137,8 +140,8 @@ class Pipeline:
         return (self.in_progress + self.awaiting * per_reply) * survive
 
     async def run_until_done(self) -> None:
-        unit = {"alpaca": self._alpaca_unit, "self-instruct": self._self_instruct_unit,
-                "magpie": self._magpie_unit}[self.cfg.mode]
+        write = {"alpaca": modes.alpaca_unit, "self-instruct": modes.self_instruct_unit,
+                 "magpie": modes.magpie_unit}[self.cfg.mode]
         # the budget counts across sessions: a run killed and resumed ten times gets no more requests
         budget = self.cfg.request_budget() - int(self.run.previous_usage.get("requests", 0))
         pending: set[asyncio.Task] = set()
@@ -149,7 +152,7 @@ class Pipeline:
                         not pending or self.kept + self._expected() < self.cfg.num_instructions):
                     self.requests += 1  # the unit's first request, counted at launch so the budget is exact
                     self.awaiting += 1
-                    pending.add(asyncio.create_task(unit()))
+                    pending.add(asyncio.create_task(write(self)))
                 if not pending:
                     self._give_up(budget)
                 finished, pending = await asyncio.wait(pending, return_when=asyncio.FIRST_COMPLETED)
@@ -266,81 +269,13 @@ class Pipeline:
             self.replies += 1
         return asked
 
-    # -- alpaca ---------------------------------------------------------------------------------
+    # -- for the modes (generator/modes.py): who asks, magpie's pre-query ------------------------
 
     def _next_steer(self) -> dict:
         """The next {system_prompt, persona} in turn: each gets its share of requests."""
         steer = self._steers[self._steer_next % len(self._steers)]
         self._steer_next += 1
         return steer
-
-    async def _alpaca_unit(self) -> None:
-        steer = self._next_steer()
-        k = min(self.cfg.examples_per_prompt, len(self.seeds))
-        examples = self.rng.sample(self.seeds, k)
-        shown = [{"id": s.id, "instruction": s.instruction, **(s.instances[0] if s.instances else
-                                                                  {"input": "", "output": ""})} for s in examples]
-        asked = await self._unit_request(
-            "alpaca", {"examples": shown, "num_tasks": self.cfg.tasks_per_prompt, "start": k + 1,
-                       "persona": steer["persona"]},
-            [f"\n{k + self.cfg.tasks_per_prompt + 1}. Instruction"])
-        if asked is None:
-            return
-        out, parsed, tmpl, variables = asked
-        shown_ids = {e["id"] for e in variables["examples"]}
-        prov = {"templates": {"alpaca": self._tmpl_info(tmpl)},
-                "examples": {"seed": [s.id for s in examples if s.id in shown_ids], "machine": []}, **steer}
-        jobs = []
-        for task in parsed.items:
-            if self.kept + self.in_progress >= self.cfg.num_instructions:
-                break
-            admitted = self._admit(task["instruction"])
-            if admitted is None:
-                continue
-            iid, novel = admitted
-            kept, reasons, task_reason = clean_instances([task], self.instr_filter.cfg)
-            self._reject_counts(reasons, task["instruction"])
-            if task_reason:
-                self._drop(iid, task["instruction"], task_reason, {"instances": [task]})
-                continue
-            jobs.append(self._finish(iid, task["instruction"], kept, False, novel, prov, out))
-        await asyncio.gather(*jobs)
-
-    # -- self-instruct --------------------------------------------------------------------------
-
-    async def _self_instruct_unit(self) -> None:
-        cfg = self.cfg
-        steer = self._next_steer()
-        n_machine = min(cfg.machine_examples, len(self.machine))
-        # 6 seeds + 2 machine instructions once the machine pool exists, all 8 from seeds before
-        n_seed = min(cfg.seed_examples + cfg.machine_examples - n_machine, len(self.seeds))
-        seeds = self.rng.sample(self.seeds, n_seed)
-        machine = self.rng.sample(self.machine, n_machine)
-        shown = [{"id": s.id, "instruction": s.instruction} for s in seeds]
-        shown += [{"id": mid, "instruction": text} for mid, text in machine]
-        self.rng.shuffle(shown)  # the paper mixes seed and machine examples in one list
-        n = len(shown)
-        asked = await self._unit_request(
-            "bootstrap", {"examples": shown, "num_instructions": cfg.instructions_per_prompt, "start": n + 1,
-                          "persona": steer["persona"]},
-            [f"\n{n + cfg.instructions_per_prompt + 1}.", "\n\n"])
-        if asked is None:
-            return
-        out, parsed, tmpl, variables = asked
-        shown_ids = {e["id"] for e in variables["examples"]}
-        prov = {"templates": {"bootstrap": self._tmpl_info(tmpl)},
-                "examples": {"seed": [s.id for s in seeds if s.id in shown_ids],
-                             "machine": [mid for mid, _ in machine if mid in shown_ids]}, **steer}
-        jobs, echo = [], self._prompt_own("bootstrap", variables)
-        for text in parsed.items:
-            if self.kept + self.in_progress >= cfg.num_instructions:
-                break  # enough candidates are already on their way
-            admitted = self._admit(text, echo)
-            if admitted is not None:
-                jobs.append(self._complete_task(text, *admitted, prov))
-        await asyncio.gather(*jobs)
-
-    # -- magpie -------------------------------------------------------------------------------------
 
     def magpie_prompt(self, system_prompt: str | None, history: list[dict] = ()) -> tuple[str, list[str]]:
         """The chat template rendered (after `history`, for a follow-up) up to where the user's words
@@ -364,87 +299,6 @@ class Pipeline:
         """Request parameters that bring back the sampled tokens' log-probs, which
         --min-request-logprob judges a written request by (none asked for when it is -inf)."""
         return {"logprobs": 0} if self.cfg.min_request_logprob > float("-inf") else {}
-
-    async def _magpie_unit(self) -> None:
-        p = self.params
-        steer = self._next_steer()
-        prompt, stops = self._magpie_prompts[steer["system_prompt"]]
-        try:
-            out = await self._request_raw("magpie", prompt, n=self._magpie_n,
-                                          max_tokens=p["max_tokens"], temperature=p["temperature"],
-                                          top_p=p["top_p"], stop=stops, **self._judged())
-        finally:
-            self.awaiting -= 1
-        if out is None:
-            return
-        self.replies += 1
-        prov = {"templates": {}, "examples": {"seed": [], "machine": []}, **steer}
-        jobs = []
-        for i, (text, finish) in enumerate(zip(out.texts, out.finish_reasons)):
-            if self.kept + self.in_progress >= self.cfg.num_instructions:
-                break
-            text = text.strip()
-            if finish == "length":
-                self._reject({"stage": "magpie", "raw": text[-300:]}, "cut_by_length_limit")
-                continue
-            mean = out.mean_logprob(i)  # None from a server that sends no logprobs: nothing to judge by
-            if mean is not None and mean < self.cfg.min_request_logprob:
-                self._reject({"stage": "magpie", "instruction": text, "mean_logprob": round(mean, 3)},
-                             "unlikely_request")
-                continue
-            admitted = self._admit(text)
-            if admitted is not None:
-                jobs.append(self._finish(admitted[0], text, [{"input": "", "output": ""}], False, admitted[1],
-                                         prov, out))
-        await asyncio.gather(*jobs)
-
-    async def _complete_task(self, instruction: str, iid: str, novel: list, prov: dict) -> None:
-        p = self.params
-        is_cls = await self._classify(instruction)
-        if is_cls is None:
-            return self._drop(iid, instruction, "classify_failed")
-        ctmpl = self.templates["classify"]
-        stage = "instances_output_first" if is_cls else "instances_input_first"
-        asked = await self._ask(
-            stage, {"instruction": instruction, "max_instances": self.cfg.max_instances},
-            p["instance_max_tokens"], stop=["\nTask:", "Task:"], temperature=p["instance_temperature"],
-            top_p=p["instance_top_p"], presence_penalty=p.get("instance_presence_penalty", 0.0))
-        if asked is None:
-            return self._drop(iid, instruction, "instances_failed")
-        out, parsed, itmpl, variables = asked
-        items = parsed.items[: self.cfg.max_instances]
-        shots = self._prompt_text(stage, variables).replace(instruction, " ")
-        kept, reasons, task_reason = clean_instances(items, self.instr_filter.cfg, shots)
-        self._reject_counts(reasons, instruction)
-        if task_reason:
-            return self._drop(iid, instruction, task_reason, {"instances": items})
-        prov = {**prov, "templates": {**prov["templates"], "classify": self._tmpl_info(ctmpl),
-                                      stage: self._tmpl_info(itmpl)}}
-        await self._finish(iid, instruction, kept, is_cls, novel, prov, out)
-
-    async def _classify(self, instruction: str) -> bool | None:
-        """Stage 2, a Yes or a No out of any teacher (generator.classify): on vLLM the completion
-        form under a Yes/No choice constraint -- measured best on the seeds' own labels for a
-        135M teacher (0.80; the chat form gave no signal) --, elsewhere --api's form with logprobs.
-        An unreadable answer is a parse failure and means "not classification", as in the paper.
-        None only when the request itself failed."""
-        from generator.classify import classify_is_classification
-
-        api = "completion" if self.server_is_vllm else self.cfg.api
-        prompt = self.templates["classify"].render(instruction=instruction, structured=False)
-        prompt = prompt.completion if api == "completion" else prompt.messages()
-        if self.budget.fit(prompt, 3, 1) is None:
-            self._reject({"stage": "classify", "instruction": instruction}, "prompt_too_long")
-            return None
-        self.requests += 1
-        try:
-            verdict = await classify_is_classification(self.client, prompt, api, self.server_is_vllm)
-        except BadRequest as e:
-            self._reject({"stage": "classify", "status": e.status, "message": e.detail}, "bad_request")
-            return None
-        if verdict is None:
-            self._reject({"stage": "classify", "instruction": instruction}, "parse_error")
-        return bool(verdict)
 
     # -- responses: N candidates per instance, scored, the best kept ------------------------------
 
@@ -520,18 +374,6 @@ class Pipeline:
         return cands, best, reason, out.model
 
     # -- shared ---------------------------------------------------------------------------------
-
-    def _prompt_own(self, stage: str, variables: dict) -> tuple[set[str], str]:
-        """What the prompt says itself, apart from its examples: (its own words: content words that
-        neither the examples, the seeds nor the persona use -- "tasks", "numbered", "reword",
-        "classification" --, its text without the examples, squashed). A small teacher turns them into tasks
-        ("Create a JSON document with 8 tasks numbered 9 to 16.", "Answer with JSON: {")."""
-        text = self._prompt_text(stage, variables)
-        shown = [str(v) for e in variables.get("examples", []) for k, v in e.items() if k != "id"]
-        for example in shown:
-            text = text.replace(example, " ")
-        words = content_words(text) - content_words(" ".join(shown) + " " + (variables.get("persona") or ""))
-        return words - self._seed_words, squash(text)  # squashed once, compared per instruction
 
     def _admit(self, instruction: str, prompt_own: tuple[set[str], str] = (frozenset(), "")
                ) -> tuple[str, list] | None:
