@@ -228,6 +228,18 @@ def _check_choice(cls: type, name: str, value: Any, where: str) -> None:
         raise UserError(f"{where} {value!r}: choose one of {', '.join(map(str, choices))}")
 
 
+def defaults(cfg_or_cls: Any) -> dict:
+    """The default of every setting of a config dataclass (or of its class) that has one: what a
+    setting newer than a saved config stands for when that config is read back for a resume."""
+    out = {}
+    for f in dataclasses.fields(cfg_or_cls):
+        if f.default is not dataclasses.MISSING:
+            out[f.name] = f.default
+        elif f.default_factory is not dataclasses.MISSING:
+            out[f.name] = f.default_factory()
+    return out
+
+
 def to_dict(cfg: Any) -> dict:
     """Plain dict of a config for writing to disk (secrets are never config fields)."""
     return dataclasses.asdict(cfg)

@@ -34,6 +34,7 @@ from pathlib import Path
 
 import yaml
 
+from generator.config import defaults
 from generator.errors import UserError
 from generator.redact import redact_url
 
@@ -102,17 +103,6 @@ RESUMABLE_CHANGES = {"num_instructions", "concurrency", "teacher_url", "request_
                      "out", "max_requests", "fsync",
                      # files: compared by content (the `inputs` hashes), not by how the path is spelled
                      "seeds", "decontaminate", "templates", "template"}
-
-
-def _defaults(cfg) -> dict:
-    """The default of every setting of a config dataclass that has one."""
-    out = {}
-    for f in dataclasses.fields(cfg):
-        if f.default is not dataclasses.MISSING:
-            out[f.name] = f.default
-        elif f.default_factory is not dataclasses.MISSING:
-            out[f.name] = f.default_factory()
-    return out
 
 
 def _read_jsonl_tail_safe(path: Path) -> tuple[list[dict], list[int], int]:
@@ -251,7 +241,7 @@ class RunDir:
             old = old or {}
             self.run_id = old.get("run_id") or uuid.uuid4().hex[:12]
             # a setting newer than the saved config had its default then
-            was = {**_defaults(cfg), **(old.get("config") or {})}
+            was = {**defaults(cfg), **(old.get("config") or {})}
             changed = {k for k in set(new_cfg) | set(was) if k not in RESUMABLE_CHANGES and new_cfg.get(k) != was.get(k)}
             if "inputs" in old:
                 old_inputs = old["inputs"] or {}

@@ -9,12 +9,13 @@ from __future__ import annotations
 
 from pathlib import Path
 
+from generator.config import defaults
 from generator.errors import UserError
 from trainer.config import TrainConfig
 
+FINGERPRINT = "run_fingerprint.json"
 OUTPUTS = ("adapter", "merged", "checkpoints", "tensorboard", "wandb", "mlruns", "trackers.json",
-           "metrics.jsonl", "summary.json", "loss.png",
-           "train_config.yaml", "run_fingerprint.json")
+           "metrics.jsonl", "summary.json", "loss.png", "train_config.yaml", FINGERPRINT)
 
 
 # Settings that make the run what it is: `--resume` must be given the same ones, or the steps after
@@ -24,7 +25,6 @@ RUN_SETTINGS = ("eval_fraction", "system_prompt", "max_length", "overlong", "met
                 "lora_r", "lora_alpha", "lora_dropout", "target_modules", "epochs", "max_steps", "batch_size",
                 "grad_accum", "lr", "weight_decay", "warmup_ratio", "schedule", "max_grad_norm", "dtype", "seed",
                 "load_in_4bit", "group_by_length")
-FINGERPRINT = "run_fingerprint.json"
 
 
 def run_fingerprint(cfg: TrainConfig, model_path: str, train_ex: list, eval_ex: list) -> dict:
@@ -66,7 +66,7 @@ def check_or_record_fingerprint(cfg: TrainConfig, out: Path, info, fingerprint: 
     except (OSError, ValueError):
         return  # a run from before fingerprints (or its file lost): nothing to compare with
     # a setting newer than the saved fingerprint had its default then
-    was = {**{k: getattr(TrainConfig(), k) for k in RUN_SETTINGS}, **saved.get("settings", {})}
+    was = {**defaults(TrainConfig), **saved.get("settings", {})}
     diffs = [f"{k}: {was.get(k)!r} then, {v!r} now" for k, v in fingerprint["settings"].items() if was.get(k) != v]
     names = {"model": "--model", "init_adapter": "--init-adapter (its weights)", "train_examples": "the training data",
              "eval_examples": "the eval data"}
