@@ -7,7 +7,6 @@ from dataclasses import dataclass
 from generator.config import check_choices, same_as, setting
 
 from generator.filters import DEFAULT_BLOCKLIST
-from generator.novelty import TOKENIZERS
 from generator.scoring import ScoreConfig
 from generator.templates import STAGES
 
@@ -112,9 +111,7 @@ class GenerateConfig:
     # --- languages other than English ----------------------------------------------------------
     ascii_start: bool = setting(True, "keep only instructions that start with an ASCII character (the papers' "
                                 "rule; --no-ascii-start for other scripts)", group=_FILTERS)
-    tokenizer: str = setting("rouge", "ROUGE-L words for novelty and decontamination: rouge (rouge-score's, "
-                             "English) or unicode (words of any script, each CJK character a word)",
-                             choices=TOKENIZERS, group=_FILTERS)
+    tokenizer: str = same_as(ScoreConfig, "tokenizer", group=_FILTERS)
     instance_presence_penalty: float | None = setting(None, "self-instruct: presence penalty of the instance "
                                                       "request", shown="1.5, the paper's", group=_SAMPLING)
     # --- responses: every kept instruction answered again in chat form, N samples, best kept ----

@@ -219,8 +219,8 @@ def dataset_card(run: Path, name: str, configs: dict, records: list[dict], count
               + "The terms of the teacher model and of the seed tasks apply to generated data too; check both.",
               "", "## Limits", "",
               "Written by a language model and filtered automatically: answers can be wrong, shallow or "
-              "repetitive, and the scores come from automatic checks (verifiable constraints, a relevance "
-              "measure, an LLM judge if one was used), not from people. A small teacher writes weak data; "
+              "repetitive, and the scores come from automatic checks (verifiable constraints, agreement "
+              "among the teacher's samples, an LLM judge if one was used), not from people. A small teacher writes weak data; "
               "read a sample before training on it.", ""]
     return "\n".join(lines)
 

@@ -39,6 +39,7 @@ class ScoreRunConfig:
     judge_model: str | None = same_as(ScoreConfig, "judge_model")
     judge_template: str | None = same_as(ScoreConfig, "judge_template")
     reward_model: str | None = same_as(ScoreConfig, "reward_model")
+    tokenizer: str = same_as(ScoreConfig, "tokenizer")
     concurrency: int = setting(64, "rows scored at once")
 
     def score_config(self) -> ScoreConfig:

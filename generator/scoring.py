@@ -9,9 +9,12 @@ Scorers, each writing `candidate["scores"][name]` and appending failure reasons:
 - checks   (always on) empty answer, cut by the length limit, a degenerate loop, an echo of the
            prompt, a deflection instead of an answer ("I'm not sure", "Please provide...").
            These are not matters of taste: such an answer is never kept.
-- relevance  (always on) share of the request's content words the answer takes up: among
-           answers that pass everything, one that talks about the request beats a generic one
-           (verifiers alone would happily keep "Sure." for "answer in under 50 words").
+- consensus  (always on, with 2+ samples) each answer's mean ROUGE-L F against the request's
+           other samples: minimum-Bayes-risk selection. Where a weak teacher's samples disagree,
+           the one closest to the rest is the likeliest to be right; an outlier (a wrong fact, a
+           tangent, "Sure.") is far from all of them. Needs no judge and no log-probs.
+- relevance  (always on) share of the request's content words the answer takes up; shown, and
+           what selection goes by when there is a single sample.
 - verifiers  the instruction's verifiable constraints (generator.verifiers): score = share met;
            a candidate that misses any is not kept.
 - judge    an LLM rates helpfulness, correctness and instruction following 1-10
@@ -19,8 +22,13 @@ Scorers, each writing `candidate["scores"][name]` and appending failure reasons:
 - reward   a local Hugging Face sequence-classification reward model (its first logit).
 
 Selection: among candidates with no failure reason, the highest combined score (mean of the
-relevance, the judge's score / 10 and the reward's sigmoid, where present); ties go to the
-lowest index, so the choice is deterministic.
+consensus -- or the relevance with one sample --, the judge's score / 10 and the reward's
+sigmoid, where present); ties go to the lowest index, so the choice is deterministic.
+Why consensus and not relevance (benchmarks/RESULTS.md, "Choosing among sampled answers"): on
+195 seed requests with human answers, 6 samples each from the 135M teacher, the most relevant
+passing answer was further from the human one than a random passing answer (ROUGE-L F 0.132
+against 0.143) -- relevance rewards long answers that repeat the request's words --, the
+consensus answer nearer (0.183; paired gain over relevance +0.050, 95% CI [+0.033, +0.071]).
 """
 
 from __future__ import annotations
@@ -34,6 +42,7 @@ from dataclasses import dataclass
 from generator import verifiers
 from generator.config import setting
 from generator.errors import UserError
+from generator.novelty import TOKENIZERS, rouge_l
 
 SCORERS = ("verifiers", "judge", "reward")
 
@@ -52,6 +61,9 @@ class ScoreConfig:
     judge_template: str | None = setting(None, "Jinja rating prompt", shown="prompts/rate.jinja", group="scoring")
     reward_model: str | None = setting(None, "HF folder of a sequence-classification reward model (with --score "
                                        "...,reward)", group="scoring")
+    tokenizer: str = setting("rouge", "ROUGE-L words for novelty, decontamination and the answers' consensus: "
+                             "rouge (rouge-score's, English) or unicode (words of any script, each CJK character "
+                             "a word)", choices=TOKENIZERS, group="scoring")
 
     def validate(self) -> None:
         unknown = [s for s in self.score if s not in SCORERS]
@@ -96,7 +108,8 @@ def _degenerate(text: str) -> bool:
 
 # An answer that opens like this answers nothing: a small teacher's favourite way to meet a
 # length or format constraint.
-_DEFLECT = re.compile(r"^\W*(i'?m (not sure|sorry|unable|not able)|i am (not sure|sorry|unable)|"
+_DEFLECT = re.compile(r"^\W*((no|unfortunately),?\s+)?"
+                      r"(i'?m (not sure|sorry|unable|not able)|i am (not sure|sorry|unable)|"
                       r"i (cannot|can't|can not|don't know|do not know)|as an ai\b|sorry\b|"
                       r"please provide|could you (please )?(provide|clarify|share|specify))", re.I)
 _STOP = frozenset("""a an the and or but if then than that this these those there their them they you your
@@ -116,11 +129,26 @@ def relevance(request: str, answer: str) -> float:
     return round(len(want & content_words(answer)) / len(want), 4) if want else 1.0
 
 
+def consensus(texts: list[str], tokenizer: str = "rouge") -> list[float | None]:
+    """Each text's mean ROUGE-L F against the other texts (None for all when there are fewer
+    than two): the expected agreement with an answer drawn from the teacher -- minimum Bayes
+    risk with ROUGE-L as the utility. Every sample counts, failed ones too: they are draws from
+    the same distribution, and a cut or looping answer still says what the teacher believes."""
+    n = len(texts)
+    if n < 2:
+        return [None] * n
+    sums = [0.0] * n
+    for i in range(n):
+        for j in range(i + 1, n):
+            f = rouge_l(texts[i], texts[j], tokenizer=tokenizer)
+            sums[i] += f
+            sums[j] += f
+    return [round(x / (n - 1), 4) for x in sums]
+
+
 def _echoes(text: str, request: str) -> bool:
     """The answer is the request again (ROUGE-L F >= 0.8 against it): a small model's way of
     'answering' a question with a question."""
-    from generator.novelty import rouge_l
-
     return rouge_l(text, request) >= 0.8
 
 
@@ -220,7 +248,11 @@ class RewardModel:
 # -- scoring a set of candidates and choosing -----------------------------------------------------
 
 def combined(cand: dict) -> float:
-    parts = [cand["scores"]["relevance"]] if cand["scores"].get("relevance") is not None else []
+    """Mean of the candidate's scores on a 0-1 scale; the consensus stands for the relevance
+    where both are present (records written before it have only the relevance)."""
+    first = cand["scores"].get("consensus")
+    first = cand["scores"].get("relevance") if first is None else first
+    parts = [first] if first is not None else []
     if cand["scores"].get("judge") is not None:
         parts.append(cand["scores"]["judge"] / 10)
     if cand["scores"].get("reward") is not None:
@@ -254,6 +286,9 @@ class Scorer:
             c["scores"]["relevance"] = relevance(request, c["text"])
             if "verifiers" in self.cfg.score:
                 score_verifiers(c, constraints)
+        for c, agree in zip(cands, consensus([c["text"] for c in cands], self.cfg.tokenizer)):
+            if agree is not None:
+                c["scores"]["consensus"] = agree
         alive = [c for c in cands if not c["reasons"]]
         if self.judge and alive:
             ratings = await asyncio.gather(*[self.judge.rate(instruction, inp, c["text"]) for c in alive])
