@@ -9,10 +9,11 @@ import pytest
 
 from generator.errors import UserError
 from generator.parsing import parse_judge_verdict
-from trainer.evaluate import (check_adapter, load_eval_set, load_verifiable_set, overlap_warning, report_md,
-                              score_verifiable, summarize_verifiable, summary_lines, verifiable_set_path)
+from trainer.eval_render import report_md, summary_lines
+from trainer.evaluate import check_adapter, load_eval_set, overlap_warning
 from trainer.judge import judge_pairs, judge_template, position_consistency, summarize
 from trainer.stats import bootstrap_ci, paired_bootstrap
+from trainer.verifiable_eval import load_verifiable_set, score_verifiable, summarize_verifiable, verifiable_set_path
 
 FIXTURE = "tests/verifiable_eval_fixture.jsonl"
 
@@ -355,7 +356,8 @@ def test_served_base_and_student_answers_match_hf_generation(embedded_model, tmp
 
     from generator.client import TeacherClient
     from generator.server import ServeConfig, VLLMServer, free_port
-    from trainer.evaluate import answer_each_model, load_verifiable_set, verifiable_set_path
+    from trainer.evaluate import answer_each_model
+    from trainer.verifiable_eval import load_verifiable_set, verifiable_set_path
 
     torch.manual_seed(0)
     tok = AutoTokenizer.from_pretrained(embedded_model)

@@ -11,7 +11,7 @@ from rouge_score import rouge_scorer
 
 from generator.scoring import ScoreConfig, Scorer, combined, consensus, new_candidate
 
-REPLIES = Path(__file__).parent / "replies"
+HERE = Path(__file__).parent
 
 
 def test_consensus_is_the_mean_rouge_l_to_the_other_answers_as_rouge_score_computes_it():
@@ -31,11 +31,11 @@ def _choose(request: str, answers: list[str], **cfg) -> tuple[int | None, list[d
 
 
 def test_the_answer_the_samples_agree_on_is_kept_not_the_one_that_repeats_the_request():
-    """Real samples of the 135M teacher (tests/replies/answers_romeo.json). Every one passes the
+    """Real samples of the 135M teacher (tests/answers_romeo.json). Every one passes the
     checks except a deflection. The old rule (most of the request's words) kept "This question is
     meant to focus on ... which is: Who wrote Romeo and Juliet?"; the consensus keeps the answer
     that names Shakespeare, which three of the others also do."""
-    case = json.loads((REPLIES / "answers_romeo.json").read_text())
+    case = json.loads((HERE / "answers_romeo.json").read_text())
     best, cands = _choose(case["request"], case["answers"])
     relevance = [c["scores"]["relevance"] for c in cands]
     assert relevance.index(max(relevance)) == 1  # what selection by relevance kept

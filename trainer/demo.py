@@ -296,7 +296,7 @@ def three_way(sft_rows: Path, dpo_rows: Path) -> dict:
     paired interval. The base answers are the SFT eval's (both evals answer greedily; the demo's
     resumed quick run gave the same 24 base answers in both)."""
     from generator.rows import read_rows
-    from trainer.evaluate import summarize_verifiable
+    from trainer.verifiable_eval import summarize_verifiable
 
     dpo = {r["id"]: r for _, r in read_rows(dpo_rows)}
     rows = []

@@ -6,13 +6,15 @@
    the verifiable set's prompts carry constraints (no commas, at most N words, ...) that
    generator.verifiers checks. Per model: prompt-level accuracy (every constraint met) and
    constraint-level accuracy, strict and loose (IFEval's two modes); and the student-minus-base
-   difference of each with a paired bootstrap 95% interval over prompts (trainer.stats).
+   difference of each with a paired bootstrap 95% interval over prompts (trainer.stats). Reading,
+   checking and summarizing the set is trainer.verifiable_eval's.
 3. Secondary scores on the reference eval set: loss on the reference answers (teacher-forced,
    computed here with transformers and the trainer's own formatting, so it is the same loss
    training minimised), ROUGE-L against the reference, and a pairwise judge in both orders with a
    bootstrap 95% interval -- reported as uninformative when its verdicts follow the answer
    position rather than the answers (trainer.judge), as a small judge's do.
-4. Writes OUT/verifiable.jsonl and OUT/results.jsonl (per prompt), OUT/summary.json, OUT/report.md.
+4. Writes OUT/verifiable.jsonl and OUT/results.jsonl (per prompt), OUT/summary.json, OUT/report.md
+   (worded, as is the printed summary, by trainer.eval_render).
 """
 
 from __future__ import annotations
@@ -29,10 +31,8 @@ from generator.errors import UserError
 from generator.record import user_turn
 from generator.rows import read_rows
 from generator.seeds import parse_task
-
-VERIFIABLE_KEYS = ("prompt_strict", "constraint_strict", "prompt_loose", "constraint_loose")
-VERIFIABLE_LABELS = {"prompt_strict": "prompt-level, strict", "constraint_strict": "constraint-level, strict",
-                     "prompt_loose": "prompt-level, loose", "constraint_loose": "constraint-level, loose"}
+from trainer.eval_render import report_md, summary_lines
+from trainer.verifiable_eval import load_verifiable_set, score_verifiable, summarize_verifiable, verifiable_set_path
 
 
 @dataclass
@@ -96,107 +96,6 @@ def load_eval_set(path: str | Path, limit: int | None = None) -> list[dict]:
     if not items:
         raise UserError(f"{path}: no items in the eval set")
     return items[:limit] if limit else items
-
-
-def verifiable_set_path(value: str | None) -> Path | None:
-    """The verifiable set to use: the given file, None for "none"/"", else the shipped one."""
-    from generator.resources import data_dir
-
-    if value is not None:
-        return None if value.strip().lower() in ("", "none") else Path(value)
-    shipped = data_dir("seeds") / "verifiable_eval.jsonl"
-    if not shipped.is_file():  # an installation older than the set: say so, and evaluate the rest
-        print(f"warning: {shipped} is missing; the verifiable instruction-following eval is skipped",
-              file=sys.stderr)
-        return None
-    return shipped
-
-
-def load_verifiable_set(path: str | Path, limit: int | None = None) -> list[dict]:
-    """Rows {id, instruction, base_instruction, constraints: [{type, params, text}]} as eval items."""
-    from generator import verifiers
-
-    items = []
-    for n, (where, row) in enumerate(read_rows(path), 1):
-        if not isinstance(row, dict):
-            raise UserError(f"{where}: expected an object with 'instruction' and 'constraints'")
-        instruction = row.get("instruction")
-        if not isinstance(instruction, str) or not instruction.strip():
-            raise UserError(f"{where}: field 'instruction' must be a non-empty string")
-        constraints = row.get("constraints")
-        if not isinstance(constraints, list) or not constraints:
-            raise UserError(f"{where}: field 'constraints' must be a non-empty list of {{type, params, text}}")
-        for k, c in enumerate(constraints):
-            field = f"{where}: field 'constraints[{k}]"
-            if not isinstance(c, dict) or c.get("type") not in verifiers.TYPES:
-                got = c.get("type") if isinstance(c, dict) else c
-                raise UserError(f"{field}.type': unknown constraint type {got!r}; this Sprout knows "
-                                f"{', '.join(sorted(verifiers.TYPES))}")
-            try:  # a dry run: a missing or mistyped parameter fails here, naming the row
-                verifiers.check("x", c)
-            except (KeyError, TypeError, ValueError, AttributeError) as err:
-                raise UserError(f"{field}.params': not valid for {c['type']} ({type(err).__name__}: {err})") from None
-        items.append({"id": str(row.get("id", n)), "instruction": instruction,
-                      "base_instruction": row.get("base_instruction") or "", "constraints": constraints,
-                      "messages": [{"role": "user", "content": instruction}]})
-    if not items:
-        raise UserError(f"{path}: no prompts in the verifiable set")
-    return items[:limit] if limit else items
-
-
-def score_verifiable(items: list[dict], answers: dict[str, list[str]]) -> list[dict]:
-    """Per prompt: each model's answer and which of its constraints the answer met, strict and loose.
-    `answers` maps a model ("base", "student") to its answers in item order."""
-    from generator.verifiers import check_all
-
-    rows = []
-    for k, it in enumerate(items):
-        got = {m: a[k] for m, a in answers.items()}
-        rows.append({"id": it["id"], "instruction": it["instruction"], "base_instruction": it["base_instruction"],
-                     "constraints": it["constraints"], "answers": got,
-                     "strict": {m: check_all(a, it["constraints"]) for m, a in got.items()},
-                     "loose": {m: check_all(a, it["constraints"], loose=True) for m, a in got.items()}})
-    return rows
-
-
-def summarize_verifiable(rows: list[dict], compare: tuple[str, str] = ("base", "student")) -> dict:
-    """Accuracies per model, and `compare[1]` minus `compare[0]` (student minus base) with paired
-    bootstrap 95% intervals.
-
-    prompt-level: share of prompts whose answer met every constraint; constraint-level: share of
-    all constraints met, pooled over prompts (a prompt with three constraints counts three times).
-    Both resample prompts, so a prompt's constraints move together."""
-    from trainer.stats import paired_bootstrap
-
-    models = list(rows[0]["answers"]) if rows else []
-    counts = [len(r["constraints"]) for r in rows]
-    out: dict = {"items": len(rows), "constraints": sum(counts)}
-
-    def per_prompt(model: str, mode: str, level: str) -> list[int]:
-        passes = [r[mode][model] for r in rows]
-        return [int(all(p)) for p in passes] if level == "prompt" else [sum(p) for p in passes]
-
-    for m in models:
-        out[m] = {f"{level}_{mode}": round(sum(per_prompt(m, mode, level)) / (len(rows) if level == "prompt"
-                                                                           else sum(counts)), 4)
-                  for level, mode in (k.split("_") for k in VERIFIABLE_KEYS)}
-    if set(compare) <= set(models):
-        out["diff"] = {}
-        for key in VERIFIABLE_KEYS:
-            level, mode = key.split("_")
-            out["diff"][key] = paired_bootstrap(per_prompt(compare[0], mode, level), per_prompt(compare[1], mode, level),
-                                                None if level == "prompt" else counts)
-    by_type: dict[str, dict] = {}
-    for r in rows:
-        for k, c in enumerate(r["constraints"]):
-            t = by_type.setdefault(c["type"], {"constraints": 0, **{m: 0 for m in models}})
-            t["constraints"] += 1
-            for m in models:
-                t[m] += int(r["strict"][m][k])
-    out["by_type_strict"] = {name: {"constraints": t["constraints"],
-                                    **{m: round(t[m] / t["constraints"], 4) for m in models}}
-                             for name, t in sorted(by_type.items())}
-    return out
 
 
 def check_adapter(adapter: str, base_path: str) -> Path:
@@ -417,133 +316,6 @@ def evaluate(cfg: EvalConfig) -> dict:
     # what --config reads back; a judge URL may carry user:password@ or ?key=: never stored
     save_config(replace(cfg, judge_url=redact_url(cfg.judge_url) if cfg.judge_url else None), out / "eval_config.yaml")
     return summary
-
-
-def _pct(x) -> str:
-    return "n/a" if x is None else f"{100 * x:.1f}%"
-
-
-def _pts(diff: dict) -> tuple[str, str]:
-    """A difference of rates in percentage points, and its interval."""
-    if diff.get("mean") is None:
-        return "n/a", ""
-    lo, hi = diff["ci95"]
-    return f"{100 * diff['mean']:+.1f} pts", f"{100 * lo:+.1f} to {100 * hi:+.1f}"
-
-
-def verifiable_table(v: dict) -> tuple[list[str], list[list[str]]]:
-    """(header, rows) of the verifiable result: one row per measure, base / student / difference."""
-    models = [m for m in ("base", "student") if m in v]
-    header = ["measure", *models] + (["student - base", "95% CI (paired bootstrap)"] if "diff" in v else [])
-    rows = []
-    for key in VERIFIABLE_KEYS:
-        row = [VERIFIABLE_LABELS[key], *(_pct(v[m][key]) for m in models)]
-        if "diff" in v:
-            row += list(_pts(v["diff"][key]))
-        rows.append(row)
-    return header, rows
-
-
-def judge_lines(s: dict) -> list[str]:
-    """The pairwise judge in words: its win rate only when its verdicts carry information."""
-    if s.get("win_rate") is None:
-        return []
-    c = s.get("judge_consistency") or {}
-    share = c.get("verdict_share") or {}
-    detail = []
-    if c.get("pairs"):
-        detail.append(f"verdict followed the position on {_pct(c['position_driven_rate'])} of {c['pairs']} pair(s) "
-                      f"judged in both orders, the same answer won both orders on {_pct(c['consistent_rate'])}")
-    if c.get("verdicts"):
-        detail.append("verdicts " + " / ".join(f"{k} {_pct(share.get(k))}" for k in ("A", "B", "tie")))
-    raw = (f"win rate {s['win_rate']:.3f} (95% CI {s['win_rate_ci95'][0]:.3f}-{s['win_rate_ci95'][1]:.3f}, "
-           f"{s['judged_items']} items)")
-    if s.get("judge_informative") is False:
-        lines = [f"pairwise judge: NOT INFORMATIVE -- {s['judge_uninformative_reason']}; "
-                 "its win rate measures nothing and is not a result",
-                 f"  uninformative raw number, for the record: {raw}"]
-    else:
-        lines = [f"pairwise judge: student {raw}"]
-    return lines + ([f"  judge consistency: {'; '.join(detail)}"] if detail else [])
-
-
-def summary_lines(s: dict) -> list[str]:
-    """What `sprout eval` prints, headline first: verifiable instruction following, then the
-    pairwise judge (secondary, flagged when uninformative), then the reference-answer scores."""
-    v = s.get("verifiable")
-    if v:
-        header, rows = verifiable_table(v)
-        widths = [max(len(str(r[i])) for r in [header, *rows]) for i in range(len(header))]
-        lines = [f"instruction following on {v['items']} verifiable prompts ({v['constraints']} constraints, "
-                 "checked by program; strict and loose as in IFEval):"]
-        lines += ["  " + "  ".join(str(c).ljust(w) for c, w in zip(r, widths)).rstrip() for r in [header, *rows]]
-    else:
-        lines = ["instruction following: not measured (no verifiable set)"]
-    lines += judge_lines(s)
-    for key in ("base_reference_loss", "student_reference_loss", "base_rouge_l", "student_rouge_l"):
-        if key in s:
-            lines.append(f"{key}: {s[key]}")
-    return lines
-
-
-def report_md(summary: dict, results: list[dict], vrows: list[dict] | None = None, examples: int = 5) -> str:
-    lines = ["# Sprout evaluation", "", f"- reference eval items: {summary['items']}",
-             f"- base model: `{summary['model']}`", f"- adapter: `{summary['adapter']}`", "", "## Instruction following (verifiable constraints)", ""]
-    v = summary.get("verifiable")
-    if v:
-        header, rows = verifiable_table(v)
-        lines += [f"{v['items']} prompts from `{v.get('set')}` with {v['constraints']} constraints that a program "
-                  "checks (generator.verifiers); greedy answers. Prompt-level: every constraint met; "
-                  "constraint-level: share of all constraints met. Loose also accepts the answer without "
-                  "markdown emphasis or its first / last line. The interval resamples prompts, both models "
-                  "together.", "",
-                  "| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
-        lines += ["| " + " | ".join(r) + " |" for r in rows]
-        by_type = v.get("by_type_strict") or {}
-        if by_type:
-            models = [m for m in ("base", "student") if m in v]
-            lines += ["", "Strict pass rate by constraint type:", "",
-                      "| type | constraints | " + " | ".join(models) + " |", "|" + "---|" * (2 + len(models))]
-            lines += [f"| {t} | {d['constraints']} | " + " | ".join(_pct(d[m]) for m in models) + " |"
-                      for t, d in by_type.items()]
-    else:
-        lines.append("Not measured: no verifiable set was given (or the shipped one is missing).")
-    lines += ["", "## Pairwise judge (secondary)", ""]
-    judge = judge_lines(summary)
-    if judge:
-        if summary.get("judge_informative") is False:
-            judge[0] = f"**{judge[0]}**"
-        lines += [f"- {line.strip()}" for line in judge]
-        lines.append(f"- {summary['skipped_items']} items skipped (no readable verdict); judge: {summary['judge']}")
-    else:
-        lines.append("Not run.")
-    lines += ["", "## Reference answers", ""]
-    for key in ("base_reference_loss", "student_reference_loss", "base_rouge_l", "student_rouge_l"):
-        if key in summary:
-            lines.append(f"- {key.replace('_', ' ')}: {summary[key]}")
-    if summary.get("overlap_warning"):
-        lines.append(f"- {summary['overlap_warning']}")
-    lines += ["", "## Examples", ""] if results else [""]
-    for r in results[:examples]:
-        lines += [f"### {r['instruction'][:120]}", ""]
-        if r["input"]:
-            lines += [f"Input: {r['input'][:300]}", ""]
-        lines += [f"- reference: {r['reference'][:300]}"]
-        for name, ans in r["answers"].items():
-            lines.append(f"- {name}: {ans[:300]}")
-        if "judge" in r:
-            lines.append(f"- judge verdicts (student as B, then as A): {r['judge']['verdicts']}")
-        lines.append("")
-    if vrows:
-        lines += ["## Verifiable examples", ""]
-        for r in vrows[:examples]:
-            lines += [f"### {r['instruction'][:200]}", ""]
-            for name, ans in r["answers"].items():
-                marks = ", ".join(f"{c['type']} {'met' if ok else 'MISSED'}"
-                                  for c, ok in zip(r["constraints"], r["strict"][name]))
-                lines.append(f"- {name} ({marks}): {ans[:300]}")
-            lines.append("")
-    return "\n".join(lines)
 
 
 def add_eval_args(p) -> None:

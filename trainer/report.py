@@ -9,13 +9,15 @@ rejection reasons, length histograms, Self-Instruct's verb–noun diversity char
 ROUGE-L, sample records, training loss, evaluation (verifiable instruction following first; the
 pairwise judge second, flagged when its verdicts follow the answer position). A section whose
 input is missing is left out. Every piece of record text is teacher output -- untrusted -- and is HTML-escaped.
+
+This module holds the generation-run sections and the page; the training and evaluation sections
+are in trainer.report_train_eval, the shared HTML pieces in trainer.report_html, the charts in
+trainer.report_charts.
 """
 
 from __future__ import annotations
 
 import dataclasses
-import html
-import json
 import os
 import random
 import statistics
@@ -24,6 +26,8 @@ from pathlib import Path
 
 from generator.config import setting
 from generator.errors import UserError
+from trainer.report_html import Doc, clip, e, fmt, pct, read_json, read_jsonl, table
+from trainer.report_train_eval import eval_section, train_section
 
 VERB_PARSERS = ("auto", "spacy", "heuristic")
 
@@ -40,62 +44,7 @@ class ReportConfig:
                                "spaCy when installed, else the heuristic", choices=VERB_PARSERS)
 
 
-def e(value) -> str:
-    """Escape for HTML text and attribute values: record text may hold markup or script."""
-    return html.escape(str(value), quote=True)
-
-
-def _fmt(v) -> str:
-    if isinstance(v, bool) or v is None:
-        return str(v)
-    if isinstance(v, int):
-        return f"{v:,}"
-    if isinstance(v, float):
-        return f"{v:,.4g}" if abs(v) < 1e5 else f"{v:,.0f}"
-    if isinstance(v, dict):
-        return ", ".join(f"{k} {_fmt(x)}" for k, x in v.items())
-    if isinstance(v, list):
-        return ", ".join(_fmt(x) for x in v)
-    return str(v)
-
-
-def _pct(x: float) -> str:
-    return f"{100 * x:.1f}%"
-
-
 # --- reading inputs ---------------------------------------------------------------------------
-
-
-def _read_json(path: Path) -> dict | None:
-    if not path.is_file():
-        return None
-    try:
-        data = json.loads(path.read_text(encoding="utf-8"))
-    except json.JSONDecodeError as err:
-        raise UserError(f"{path}: not valid JSON ({err.msg}, line {err.lineno})") from None
-    if not isinstance(data, dict):
-        raise UserError(f"{path}: expected a JSON object")
-    return data
-
-
-def _read_jsonl(path: Path) -> list[dict]:
-    """Lines of a JSONL file; a torn last line (a job still writing, or killed) is skipped."""
-    if not path.is_file():
-        return []
-    lines = path.read_text(encoding="utf-8").splitlines()
-    rows = []
-    for n, line in enumerate(lines, 1):
-        if not line.strip():
-            continue
-        try:
-            row = json.loads(line)
-        except json.JSONDecodeError:
-            if n == len(lines):
-                continue
-            raise UserError(f"{path} line {n}: not valid JSON") from None
-        if isinstance(row, dict):
-            rows.append(row)
-    return rows
 
 
 def _config_threshold(run_dir: Path) -> float | None:
@@ -142,30 +91,11 @@ def nearest_neighbours(texts: list[str]) -> list[tuple[float, str] | None]:
 # --- sections ---------------------------------------------------------------------------------
 
 
-class _Doc:
-    def __init__(self):
-        self.sections: list[tuple[str, str, str]] = []  # (anchor, heading, body html)
-        self.images = 0
-
-    def img(self, uri: str, alt: str) -> str:
-        self.images += 1
-        return f'<img src="{uri}" alt="{e(alt)}">'
-
-    def add(self, anchor: str, heading: str, body: str) -> None:
-        self.sections.append((anchor, heading, body))
-
-
-def _table(rows: list[tuple], header: tuple | None = None, cls: str = "") -> str:
-    head = "<tr>" + "".join(f"<th>{e(h)}</th>" for h in header) + "</tr>" if header else ""
-    body = "".join("<tr>" + "".join(f"<td>{e(_fmt(c))}</td>" for c in row) + "</tr>" for row in rows)
-    return f'<table class="{cls}">{head}{body}</table>'
-
-
 STAT_KEYS = ("mode", "target", "kept_instructions", "records", "requests", "retries", "parse_failures",
              "prompt_tokens", "completion_tokens", "elapsed_s", "session_completion_tokens_per_s")
 
 
-def _counts_section(doc: _Doc, records, unique, stats, rejected) -> None:
+def _counts_section(doc: Doc, records, unique, stats, rejected) -> None:
     from trainer import report_charts as charts
 
     rows = [(k.replace("_", " "), stats[k]) for k in STAT_KEYS if k in (stats or {})]
@@ -180,7 +110,7 @@ def _counts_section(doc: _Doc, records, unique, stats, rejected) -> None:
         split = Counter(r[key] for r in records if r.get(key))
         if split:
             rows.append((f"records by {key.replace('_', ' ')}", "; ".join(
-                f"{_clip(k, 60)}: {n}" for k, n in split.most_common(10)) + (" …" if len(split) > 10 else "")))
+                f"{clip(k, 60)}: {n}" for k, n in split.most_common(10)) + (" …" if len(split) > 10 else "")))
     teacher = records[0].get("teacher") if records else None
     if isinstance(teacher, dict) and teacher.get("model"):
         rows.append(("teacher", teacher["model"]))
@@ -191,21 +121,21 @@ def _counts_section(doc: _Doc, records, unique, stats, rejected) -> None:
         text = r.get("instruction") or r.get("raw")
         if isinstance(text, str) and text.strip():
             examples.setdefault(r.get("reason", "unknown"), text)
-    body = _table(rows, cls="kv")
+    body = table(rows, cls="kv")
     if reasons:
         total = sum(reasons.values())
-        body += (f"<h3>Rejections</h3><p>{_fmt(sum(reasons.values()))} candidates rejected, "
-                 f"{_fmt(len(unique))} instructions kept.</p>")
+        body += (f"<h3>Rejections</h3><p>{fmt(sum(reasons.values()))} candidates rejected, "
+                 f"{fmt(len(unique))} instructions kept.</p>")
         body += doc.img(charts.bar_chart(dict(reasons), "Rejected candidates by reason"), "rejection reasons")
-        rows = [(k, n, _pct(n / total), (examples.get(k) or "")[:200])
+        rows = [(k, n, pct(n / total), (examples.get(k) or "")[:200])
                 for k, n in sorted(reasons.items(), key=lambda kv: (-kv[1], kv[0]))]
-        body += _table(rows, ("reason", "count", "share of rejections", "example"))
+        body += table(rows, ("reason", "count", "share of rejections", "example"))
     else:
         body += "<p>No rejections recorded.</p>"
     doc.add("counts", "Counts and rejection reasons", body)
 
 
-def _lengths_section(doc: _Doc, records, unique) -> None:
+def _lengths_section(doc: Doc, records, unique) -> None:
     from trainer import report_charts as charts
 
     series = [("instruction", [len(r["instruction"].split()) for r in unique]),
@@ -215,31 +145,31 @@ def _lengths_section(doc: _Doc, records, unique) -> None:
     if not series:
         return
     body = doc.img(charts.length_histograms(series), "length histograms")
-    body += _table([(t, len(v), statistics.mean(v), statistics.median(v), max(v)) for t, v in series],
-                   ("words in", "n", "mean", "median", "max"))
+    body += table([(t, len(v), statistics.mean(v), statistics.median(v), max(v)) for t, v in series],
+                  ("words in", "n", "mean", "median", "max"))
     doc.add("lengths", "Instruction and output lengths", body)
 
 
-def _verb_noun_section(doc: _Doc, unique, verb_parser: str) -> None:
+def _verb_noun_section(doc: Doc, unique, verb_parser: str) -> None:
     from trainer import report_charts as charts
 
     pairs, method = charts.verb_noun_pairs([r["instruction"] for r in unique], verb_parser)
     full = sum(1 for v, n in pairs if v and n)
     verbs = len({v for v, n in pairs if v and n})
     body = (f'<p class="method">Method: {e(method)}.</p><p>{full} of {len(pairs)} instructions '
-            f"({_pct(full / len(pairs)) if pairs else '0%'}) have a root verb with a direct noun object, "
+            f"({pct(full / len(pairs)) if pairs else '0%'}) have a root verb with a direct noun object, "
             f"with {verbs} distinct verbs; the others are questions or more complex sentences, as in the "
             "Self-Instruct paper, and are not drawn.</p>")
     top = charts.top_verb_nouns(pairs)
     if top:
         body += doc.img(charts.verb_noun_sunburst(top), "verb-noun diversity chart")
         counts = Counter(v for v, n in pairs if v and n)
-        body += _table([(v, counts[v], ", ".join(f"{n} ({c})" for n, c in nouns)) for v, nouns in top],
-                       ("verb", "instructions", "top objects"))
+        body += table([(v, counts[v], ", ".join(f"{n} ({c})" for n, c in nouns)) for v, nouns in top],
+                      ("verb", "instructions", "top objects"))
     doc.add("verbs", "Verb–noun diversity", body)
 
 
-def _novelty_section(doc: _Doc, unique, threshold: float | None) -> None:
+def _novelty_section(doc: Doc, unique, threshold: float | None) -> None:
     from trainer import report_charts as charts
 
     scores: list[float | None] = []
@@ -264,7 +194,7 @@ def _novelty_section(doc: _Doc, unique, threshold: float | None) -> None:
     values = [s for s, _ in pairs]
     body = f"<p>{e(note)}.</p>" + doc.img(charts.nearest_rouge_histogram(values, threshold), "nearest-neighbour ROUGE-L")
     closest = sorted(pairs, key=lambda p: -p[0])[:5]
-    body += "<h3>Closest pairs</h3>" + _table(
+    body += "<h3>Closest pairs</h3>" + table(
         [(f"{s:.3f}", unique[i]["instruction"][:200], (neighbours[i] or "")[:200])
          for s, i in closest], ("ROUGE-L", "instruction", "most similar"))
     body += _steer_table(unique)
@@ -286,19 +216,15 @@ def _steer_table(unique) -> str:
         for name, texts in sorted(groups.items(), key=lambda kv: -len(kv[1])):
             near = [n[0] for n in nearest_neighbours(texts) if n]
             firsts = {t.split()[0].lower() for t in texts if t.split()}
-            rows.append((_clip(name, 80), len(texts), f"{statistics.mean(len(t.split()) for t in texts):.1f}",
-                         _pct(len(firsts) / len(texts)), f"{statistics.mean(near):.3f}" if near else "-"))
+            rows.append((clip(name, 80), len(texts), f"{statistics.mean(len(t.split()) for t in texts):.1f}",
+                         pct(len(firsts) / len(texts)), f"{statistics.mean(near):.3f}" if near else "-"))
         label = key.replace("_", " ")
-        return f"<h3>By {e(label)}</h3>" + _table(rows, (label, "instructions", "mean words", "distinct first words",
+        return f"<h3>By {e(label)}</h3>" + table(rows, (label, "instructions", "mean words", "distinct first words",
                                                         f"mean nearest ROUGE-L within the {label}"))
     return ""
 
 
-def _clip(text: str, n: int = 1500) -> str:
-    return text if len(text) <= n else text[:n] + f" … [{len(text) - n} more characters]"
-
-
-def _samples_section(doc: _Doc, records, n: int) -> None:
+def _samples_section(doc: Doc, records, n: int) -> None:
     if n <= 0 or not records:
         return
     # A fixed seed: the same run gives the same report, and reruns can be diffed.
@@ -313,146 +239,17 @@ def _samples_section(doc: _Doc, records, n: int) -> None:
         nn = (f'<dt>most similar</dt><dd>{e(sim[0].get("instruction", ""))} '
               f'<span class="muted">(ROUGE-L {e(sim[0].get("rouge_l", "?"))})</span></dd>'
               if isinstance(sim, list) and sim and isinstance(sim[0], dict) else "")
-        inp = f"<dt>input</dt><dd><pre>{e(_clip(r['input']))}</pre></dd>" if r.get("input") else ""
+        inp = f"<dt>input</dt><dd><pre>{e(clip(r['input']))}</pre></dd>" if r.get("input") else ""
         later = ""
         for k, t in enumerate(r.get("turns") or [], 2):  # a conversation's follow-up turns
             if isinstance(t, dict) and isinstance(r.get("messages"), list) and len(r["messages"]) >= 2 * k:
                 later += (f"<dt>turn {k}: user ({e(t.get('move', ''))})</dt><dd>{e(r['messages'][2 * k - 2]['content'])}"
-                          f"</dd><dt>turn {k}: assistant</dt><dd><pre>{e(_clip(r['messages'][2 * k - 1]['content']))}"
+                          f"</dd><dt>turn {k}: assistant</dt><dd><pre>{e(clip(r['messages'][2 * k - 1]['content']))}"
                           "</pre></dd>")
         cards.append(f'<div class="card"><div class="muted">{e(" · ".join(t for t in tags if t))}</div><dl>'
                      f"<dt>instruction</dt><dd>{e(r['instruction'])}</dd>{inp}"
-                     f"<dt>output</dt><dd><pre>{e(_clip(r['output']))}</pre></dd>{later}{nn}</dl></div>")
+                     f"<dt>output</dt><dd><pre>{e(clip(r['output']))}</pre></dd>{later}{nn}</dl></div>")
     doc.add("samples", "Sample records", f"<p>{len(picks)} records drawn at random (seed 0).</p>" + "".join(cards))
-
-
-TRAIN_KEYS = ("steps", "epochs", "final_loss", "eval_loss", "train_seconds", "tokens_per_s",
-              "supervised_tokens_per_s", "peak_memory_mb", "examples", "processes", "device", "dtype", "model")
-
-
-def _train_section(doc: _Doc, train_dir: Path) -> None:
-    from trainer import report_charts as charts
-
-    if not train_dir.is_dir():
-        raise UserError(f"{train_dir}: --train folder not found")
-    metrics = _read_jsonl(train_dir / "metrics.jsonl")
-    summary = _read_json(train_dir / "summary.json")
-    if not metrics and summary is None:
-        raise UserError(f"{train_dir}: no metrics.jsonl or summary.json; pass a folder made by sprout train")
-    # A resumed run logs some steps twice: the later line is the one the final weights came from.
-    train = {int(m["step"]): float(m["loss"]) for m in metrics if isinstance(m.get("loss"), (int, float)) and "step" in m}
-    evals = {int(m["step"]): float(m["eval_loss"]) for m in metrics
-             if isinstance(m.get("eval_loss"), (int, float)) and "step" in m}
-    body = ""
-    if train or evals:
-        body += doc.img(charts.loss_chart(sorted(train.items()), sorted(evals.items())), "training loss")
-    if summary:
-        body += _table([(k.replace("_", " "), summary[k]) for k in TRAIN_KEYS if k in summary], cls="kv")
-    cfg = train_dir / "train_config.yaml"
-    if cfg.is_file():
-        body += f"<details><summary>train_config.yaml</summary><pre>{e(cfg.read_text(encoding='utf-8'))}</pre></details>"
-    doc.add("training", "Training", body)
-
-
-def _judge_html(doc: _Doc, summary: dict, headline: bool) -> str:
-    """The pairwise judge: its win rate only when its verdicts carry information, and always how
-    consistent they were across the two answer orders."""
-    from trainer import report_charts as charts
-
-    wr = summary.get("win_rate")
-    if not isinstance(wr, (int, float)):
-        return "<p>No judge verdicts in this evaluation.</p>"
-    lo, hi = (summary.get("win_rate_ci95") or [None, None])[:2]
-    ci = f" (95% CI {_pct(lo)}–{_pct(hi)})" if isinstance(lo, (int, float)) and isinstance(hi, (int, float)) else ""
-    judged = (f"{e(_fmt(summary.get('judged_items')))} items judged in both orders, "
-              f"{e(_fmt(summary.get('skipped_items', 0)))} skipped; a tie counts half. "
-              f"Judge: {e(summary.get('judge', '?'))}.")
-    if summary.get("judge_informative") is False:
-        body = (f'<p class="warn"><strong>The judge is not informative:</strong> '
-                f"{e(summary.get('judge_uninformative_reason') or 'no reason recorded')}. Its win rate measures "
-                "nothing and is not a result.</p>"
-                f'<p class="muted">Uninformative raw number, for the record only: win rate {_pct(wr)}{e(ci)}; '
-                f"{judged}</p>")
-    else:
-        cls = ' class="headline"' if headline else ""
-        body = f"<p{cls}>Student win rate vs base: <strong>{_pct(wr)}</strong>{e(ci)}</p><p>{judged}</p>"
-        counts = [summary.get(k) for k in ("student_wins", "ties", "base_wins")]
-        if all(isinstance(c, int) for c in counts) and sum(counts):
-            body += doc.img(charts.verdict_chart(*counts), "judge verdicts")
-    c = summary.get("judge_consistency")
-    if isinstance(c, dict) and c.get("verdicts"):
-        share = c.get("verdict_share") or {}
-        rate = lambda x: _pct(x) if isinstance(x, (int, float)) else "n/a"  # noqa: E731
-        body += _table([("pairs with a verdict in both orders", c.get("pairs")),
-                        ("same letter in both orders (verdict followed the position)",
-                         rate(c.get("position_driven_rate"))),
-                        ("same answer won in both orders (consistent)", rate(c.get("consistent_rate"))),
-                        ("verdicts A / B / tie", " / ".join(rate(share.get(k)) for k in ("A", "B", "tie")))],
-                       cls="kv")
-    return body
-
-
-def _verifiable_html(doc: _Doc, v: dict) -> str:
-    from trainer import report_charts as charts
-    from trainer.evaluate import VERIFIABLE_LABELS, verifiable_table
-
-    models = [m for m in ("base", "student") if isinstance(v.get(m), dict)]
-    rate = {m: v[m].get("prompt_strict") for m in models}
-    if "diff" in v and len(models) == 2:
-        d = v["diff"]["prompt_strict"]
-        lo, hi = d["ci95"]
-        body = (f'<p class="headline">Prompts meeting every constraint: student <strong>{_pct(rate["student"])}'
-                f'</strong>, base <strong>{_pct(rate["base"])}</strong> '
-                f"({100 * d['mean']:+.1f} points, 95% CI {100 * lo:+.1f} to {100 * hi:+.1f})</p>")
-    else:
-        body = ('<p class="headline">Prompts meeting every constraint: '
-                + ", ".join(f"{m} <strong>{_pct(rate[m])}</strong>" for m in models) + "</p>")
-    body += (f"<p>{e(_fmt(v.get('items')))} prompts with {e(_fmt(v.get('constraints')))} constraints (no commas, "
-             "at most N words, ...) that a program checks, so no judge is involved; greedy answers. "
-             "Prompt-level: every constraint of the prompt met; constraint-level: share of all constraints met. "
-             "Loose also accepts an answer without markdown emphasis or without its first or last line. The "
-             "interval of the difference is a paired bootstrap over prompts.</p>")
-    header, rows = verifiable_table(v)
-    body += _table([tuple(r) for r in rows], tuple(header))
-    body += doc.img(charts.verifiable_chart({m: v[m] for m in models}, VERIFIABLE_LABELS), "verifiable pass rates")
-    by_type = v.get("by_type_strict") or {}
-    if by_type:
-        body += "<h3>Strict pass rate by constraint type</h3>" + _table(
-            [(t, d.get("constraints"), *(_pct(d[m]) if isinstance(d.get(m), (int, float)) else "n/a" for m in models))
-             for t, d in by_type.items()], ("type", "constraints", *models))
-    return body
-
-
-def _eval_section(doc: _Doc, eval_dir: Path, n: int) -> None:
-    summary = _read_json(eval_dir / "summary.json")
-    if summary is None:
-        raise UserError(f"{eval_dir}: no summary.json; pass a folder made by sprout eval")
-    results = _read_jsonl(eval_dir / "results.jsonl")
-    v = summary.get("verifiable")
-    if isinstance(v, dict) and v.get("items"):
-        body = "<h3>Instruction following (verifiable constraints)</h3>" + _verifiable_html(doc, v)
-        body += "<h3>Pairwise judge (secondary)</h3>" + _judge_html(doc, summary, headline=False)
-    else:  # a folder from before the verifiable eval, or one run with --verifiable-set none
-        body = ("<p>No verifiable instruction-following eval in this folder.</p>"
-                + _judge_html(doc, summary, headline=True))
-    metric_rows = [(name, summary.get(f"base_{key}"), summary.get(f"student_{key}"))
-                   for name, key in (("loss on reference answers", "reference_loss"), ("ROUGE-L to reference", "rouge_l"))
-                   if f"base_{key}" in summary or f"student_{key}" in summary]
-    if metric_rows:
-        body += "<h3>Reference answers</h3>" + _table(metric_rows, ("metric", "base", "student"))
-    if summary.get("overlap_warning"):
-        body += f'<p class="warn">{e(summary["overlap_warning"])}</p>'
-    items = []
-    for r in results[:n]:
-        answers = r.get("answers") or {}
-        score = (r.get("judge") or {}).get("score")
-        rows = "".join(f"<dt>{e(k)}</dt><dd><pre>{e(_clip(str(v), 800))}</pre></dd>" for k, v in
-                       (("reference", r.get("reference", "")), *answers.items()) if v)
-        items.append(f'<div class="card"><div class="muted">judge score for the student: {e(_fmt(score))}</div>'
-                     f"<dl><dt>instruction</dt><dd>{e(r.get('instruction', ''))}</dd>{rows}</dl></div>")
-    if items:
-        body += f"<h3>First {len(items)} of {len(results)} items</h3>" + "".join(items)
-    doc.add("evaluation", "Evaluation", body)
 
 
 # --- the page ---------------------------------------------------------------------------------
@@ -476,11 +273,11 @@ def build_html(cfg: ReportConfig) -> tuple[str, int]:
     run_path = Path(cfg.run)
     records = load_run_records(run_path)  # UserError naming the path when there is no data.jsonl
     run_dir = run_path if run_path.is_dir() else run_path.parent
-    stats = _read_json(run_dir / "stats.json")
-    rejected = _read_jsonl(run_dir / "rejected.jsonl")
+    stats = read_json(run_dir / "stats.json")
+    rejected = read_jsonl(run_dir / "rejected.jsonl")
     unique = _unique_instructions(records)
 
-    doc = _Doc()
+    doc = Doc()
     _counts_section(doc, records, unique, stats, rejected)
     if records:
         _lengths_section(doc, records, unique)
@@ -488,9 +285,9 @@ def build_html(cfg: ReportConfig) -> tuple[str, int]:
         _novelty_section(doc, unique, _config_threshold(run_dir))
         _samples_section(doc, records, cfg.samples)
     if cfg.train:
-        _train_section(doc, Path(cfg.train))
+        train_section(doc, Path(cfg.train))
     if cfg.eval:
-        _eval_section(doc, Path(cfg.eval), cfg.samples)
+        eval_section(doc, Path(cfg.eval), cfg.samples)
 
     run_id = (stats or {}).get("run_id") or (records[0].get("run_id") if records else None)
     title = f"Sprout report: {run_dir.name}" + (f" (run {run_id})" if run_id else "")
