@@ -220,8 +220,8 @@ def dataset_card(run: Path, name: str, configs: dict, records: list[dict], count
               "", "## Limits", "",
               "Written by a language model and filtered automatically: answers can be wrong, shallow or "
               "repetitive, and the scores come from automatic checks (verifiable constraints, agreement "
-              "among the teacher's samples, an LLM judge if one was used), not from people. A small teacher writes weak data; "
-              "read a sample before training on it.", ""]
+              "among the teacher's samples, an LLM judge if one was used), not from people. A small "
+              "teacher writes weak data; read a sample before training on it.", ""]
     return "\n".join(lines)
 
 

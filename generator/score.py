@@ -39,7 +39,8 @@ class ScoreRunConfig:
     judge_model: str | None = same_as(ScoreConfig, "judge_model")
     judge_template: str | None = same_as(ScoreConfig, "judge_template")
     reward_model: str | None = same_as(ScoreConfig, "reward_model")
-    tokenizer: str = same_as(ScoreConfig, "tokenizer")
+    tokenizer: str = same_as(ScoreConfig, "tokenizer", help="ROUGE-L words for the answers' consensus: rouge "
+                             "(rouge-score's, English) or unicode (words of any script, each CJK character a word)")
     concurrency: int = setting(64, "rows scored at once")
 
     def score_config(self) -> ScoreConfig:
