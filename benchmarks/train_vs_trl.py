@@ -25,6 +25,13 @@ training losses depend on which examples each side's batch order put in the last
     python benchmarks/train_vs_trl.py                      # ~6 min on an idle 2-core machine
     python benchmarks/train_vs_trl.py --repeat 2 --json bench.json
 
+On a CUDA GPU (used when present) both sides train in bf16 (weights in bf16, the LoRA
+matrices in fp32 as peft keeps them; TRL with `bf16=True` on the bf16-loaded model), memory is the
+peak GPU memory allocated (torch.cuda.max_memory_allocated), and MFU is reported: tokens/s x 4N
+over the card's dense bf16 peak (989 TFLOP/s for H100/H200 SXM), N the weights of every matmul
+(decoder linears + LM head); 4N = forward 2N + backward to the activations 2N, the frozen base
+needing no weight gradients; attention's score FLOPs are not counted.
+
 On a machine shared with other work the figures swing with the neighbours' load (the mean load
 average during each side is printed): --repeat N alternates the sides and keeps each one's fastest
 run. Both sides run with the caller's environment (OMP_WAIT_POLICY, MALLOC_* ...), unchanged.
@@ -107,6 +114,42 @@ def cpu_seconds() -> float:
     return r.ru_utime + r.ru_stime
 
 
+def device_of(a):
+    """Sprout trains on the GPU when there is one (it has no device setting); TRL is told the same."""
+    import torch
+
+    return "cuda" if torch.cuda.is_available() else "cpu"
+
+
+PEAK_BF16 = 989e12  # dense bf16 FLOP/s of an H100 / H200 SXM (datasheet)
+
+
+def gpu_figures(model, tokens_per_s: float) -> dict:
+    """Peak GPU memory so far and MFU (see the docstring); {} on CPU."""
+    import torch
+    from torch import nn
+
+    if not torch.cuda.is_available():
+        return {}
+    n = sum(m.weight.numel() for name, m in model.named_modules() if isinstance(m, nn.Linear) and "lora_" not in name)
+    return {"peak_gpu_mb": torch.cuda.max_memory_allocated() / 2**20, "matmul_params": n,
+            "mfu": tokens_per_s * 4 * n / PEAK_BF16, "gpu": torch.cuda.get_device_name()}
+
+
+WARMUP_STEPS = 5  # the first steps pay for CUDA/cuBLAS start-up and the allocator growing
+
+
+def steady(stamps: list[float], counts: list[tuple[int, int]]) -> dict:
+    """Tokens/s after the first WARMUP_STEPS steps, from the wall-clock time at the end of each step
+    and each step's (tokens, supervised tokens): the rate a long run settles at."""
+    if len(stamps) <= WARMUP_STEPS + 1:
+        return {}
+    secs = stamps[-1] - stamps[WARMUP_STEPS - 1]
+    later = counts[WARMUP_STEPS:len(stamps)]
+    return {"steady_tokens_per_s": sum(c[0] for c in later) / secs,
+            "steady_supervised_tokens_per_s": sum(c[1] for c in later) / secs}
+
+
 def heldout_loss(model, tok, rows: list[dict], max_length: int) -> float:
     """Mean token loss on the held-out rows, Sprout's formatting and mask, for either side's model."""
     import torch
@@ -122,7 +165,8 @@ def heldout_loss(model, tok, rows: list[dict], max_length: int) -> float:
     total, count = 0.0, 0
     with torch.no_grad():
         for i in range(0, len(encoded), 8):
-            s, n = loss_fn(**collate(encoded[i:i + 8], tok.pad_token_id))
+            batch = {k: v.to(model.device) for k, v in collate(encoded[i:i + 8], tok.pad_token_id).items()}
+            s, n = loss_fn(**batch)
             total, count = total + float(s), count + int(n)
     return total / count
 
@@ -144,9 +188,12 @@ def run_ours(a, work: Path) -> dict:
     from trainer.config import TrainConfig
     from trainer.train import Hooks, train
 
-    seen, cpu = {}, {}
+    seen, cpu, stamps, counts = {}, {}, [], []
 
     def on_step(step, record):
+        stamps.append(time.perf_counter())
+        counts.append((record["tokens_per_s"] * record["step_seconds"],
+                       record["supervised_tokens_per_s"] * record["step_seconds"]))
         if step == a.steps:
             cpu["end"] = cpu_seconds()
 
@@ -157,7 +204,8 @@ def run_ours(a, work: Path) -> dict:
                       overwrite=True)
     s = train(cfg, Hooks(on_model=lambda m: (seen.update(model=m, init=lora_checksum(m)),
                                              cpu.update(start=cpu_seconds())), on_step=on_step))
-    rss = peak_rss_mb()
+    rss, gpu = peak_rss_mb(), gpu_figures(seen["model"], s["tokens_per_s"])
+    gpu |= steady(stamps, counts)
     losses = [r["loss"] for r in map(json.loads, (work / "ours" / "metrics.jsonl").read_text().splitlines())
               if "loss" in r]
     from transformers import AutoTokenizer
@@ -168,7 +216,7 @@ def run_ours(a, work: Path) -> dict:
             "tokens": round(s["tokens_per_s"] * s["train_seconds"]),
             "supervised_tokens": round(s["supervised_tokens_per_s"] * s["train_seconds"]),
             "tokens_per_s": s["tokens_per_s"],
-            "supervised_tokens_per_s": s["supervised_tokens_per_s"], "peak_rss_mb": rss, "losses": losses,
+            "supervised_tokens_per_s": s["supervised_tokens_per_s"], "peak_rss_mb": rss, **gpu, "losses": losses,
             "heldout_loss": heldout_loss(seen["model"], tok, json.loads((work / "eval.json").read_text()),
                                          a.max_length)}
 
@@ -177,14 +225,16 @@ class CountingCollator:
     """Wraps TRL's collator to count the tokens its batches carry (the collator runs in-process)."""
 
     def __init__(self, inner):
-        self.inner, self.tokens, self.supervised = inner, 0, 0
+        self.inner, self.tokens, self.supervised, self.per_batch = inner, 0, 0, []
 
     def __call__(self, features):
         batch = self.inner(features)
         # padding-free / packed batches carry no attention mask: every position is a real token
         mask = batch.get("attention_mask")
-        self.tokens += int(mask.sum()) if mask is not None else int(batch["input_ids"].numel())
-        self.supervised += int((batch["labels"] != -100).sum())
+        tokens = int(mask.sum()) if mask is not None else int(batch["input_ids"].numel())
+        supervised = int((batch["labels"] != -100).sum())
+        self.tokens, self.supervised = self.tokens + tokens, self.supervised + supervised
+        self.per_batch.append((tokens, supervised))
         return batch
 
 
@@ -201,7 +251,7 @@ TRL_CONFIGS = {  # SFTConfig settings a careful user would try on this hardware 
 def run_trl(a, work: Path) -> dict:
     import datasets
     import torch
-    from transformers import AutoModelForCausalLM, AutoTokenizer
+    from transformers import AutoModelForCausalLM, AutoTokenizer, TrainerCallback
     from trl import SFTConfig, SFTTrainer
 
     from generator.models import resolve_model
@@ -213,29 +263,39 @@ def run_trl(a, work: Path) -> dict:
     # Seed, load, wrap: the same sequence as Sprout's load_student, so both sides start from the
     # same LoRA initialisation and differ only in batch order and dropout masks.
     torch.manual_seed(0)
-    model = AutoModelForCausalLM.from_pretrained(path, dtype=torch.float32)
+    cuda = device_of(a) == "cuda"
+    model = AutoModelForCausalLM.from_pretrained(path, dtype=torch.bfloat16 if cuda else torch.float32)
     model = get_peft_model(model, lora_config(a))
     ds = datasets.load_dataset("json", data_files=str(work / "train_trl.jsonl"), split="train")
     settings = dict(
         output_dir=str(work / "trl"), max_steps=a.steps, per_device_train_batch_size=a.batch_size,
         gradient_accumulation_steps=1, learning_rate=a.lr, lr_scheduler_type="linear", warmup_steps=0,
         weight_decay=0.0, max_grad_norm=1.0, max_length=a.max_length, completion_only_loss=True, packing=False,
-        bf16=False, fp16=False, gradient_checkpointing=a.gradient_checkpointing, use_cpu=True, seed=0,
+        bf16=cuda, fp16=False, gradient_checkpointing=a.gradient_checkpointing, use_cpu=not cuda, seed=0,
         logging_steps=1, save_strategy="no", report_to="none", disable_tqdm=True, dataloader_num_workers=0)
     args = SFTConfig(**{**settings, **TRL_CONFIGS[a.trl_config]})
     trainer = SFTTrainer(model=model, args=args, train_dataset=ds, processing_class=tok)
     init = lora_checksum(model)
     counter = CountingCollator(trainer.data_collator)
     trainer.data_collator = counter
+    stamps = []
+
+    class StepClock(TrainerCallback):
+        def on_step_end(self, args, state, control, **kw):
+            stamps.append(time.perf_counter())
+
+    trainer.add_callback(StepClock())
     cpu0 = cpu_seconds()
     result = trainer.train()
     cpu1 = cpu_seconds()
     rss = peak_rss_mb()
     secs = result.metrics["train_runtime"]
+    gpu = gpu_figures(trainer.model, counter.tokens / secs)
+    gpu |= steady(stamps, counter.per_batch)
     losses = [h["loss"] for h in trainer.state.log_history if "loss" in h]
     return {"lora_init_checksum": init, "train_seconds": secs, "cpu_seconds": cpu1 - cpu0, "tokens": counter.tokens,
             "supervised_tokens": counter.supervised, "tokens_per_s": counter.tokens / secs,
-            "supervised_tokens_per_s": counter.supervised / secs, "peak_rss_mb": rss, "losses": losses,
+            "supervised_tokens_per_s": counter.supervised / secs, "peak_rss_mb": rss, **gpu, "losses": losses,
             "heldout_loss": heldout_loss(trainer.model, tok, json.loads((work / "eval.json").read_text()),
                                          a.max_length)}
 
@@ -323,6 +383,16 @@ def main() -> int:
             ("optimizer steps", "steps", "{:.0f}"),
             ("train loss, mean of last 5 steps", "last5_train_loss", "{:.4f}"),
             ("held-out loss after training", "heldout_loss", "{:.4f}")]
+    gpu = "peak_gpu_mb" in results["ours"]
+    mem_key, mem_label = ("peak_gpu_mb", "peak GPU memory") if gpu else ("peak_rss_mb", "peak RSS")
+    if gpu:
+        for r in results.values():
+            r["steady_mfu"] = r["steady_tokens_per_s"] * 4 * r["matmul_params"] / PEAK_BF16
+        rows[4:4] = [(f"steady tokens/s (all, after step {WARMUP_STEPS})", "steady_tokens_per_s", "{:.0f}"),
+                     (f"steady tokens/s (supervised)", "steady_supervised_tokens_per_s", "{:.0f}"),
+                     ("peak GPU memory MB", "peak_gpu_mb", "{:.0f}"),
+                     ("MFU (tokens/s x 4N / 989 TFLOP/s)", "mfu", "{:.3f}"), ("steady MFU", "steady_mfu", "{:.3f}")]
+        print(f"\nGPU: {results['ours']['gpu']}; matmul weights N = {results['ours']['matmul_params'] / 1e9:.3f}B")
     print(f"\nmachine: {os.cpu_count()} cores, {cpu_name()}; torch threads default; model "
           f"{a.model or 'SmolLM2-135M-Instruct (embedded)'}; mean 1-min load average while each side ran: "
           + ", ".join(f"{s} {r['mean_load_average']}" for s, r in results.items()) + " (2.0 = both cores busy)")
@@ -331,7 +401,7 @@ def main() -> int:
               + "; ".join(f"{side} " + ", ".join(f"{r['supervised_tokens_per_s']:.0f}" for r in rs)
                           for side, rs in runs.items()))
     print(f"job: {a.steps} steps x batch {a.batch_size}, max_length {a.max_length}, LoRA r={a.lora_r} "
-          f"alpha={2 * a.lora_r} on q,k,v,o,gate,up,down, lr {a.lr} linear, fp32, "
+          f"alpha={2 * a.lora_r} on q,k,v,o,gate,up,down, lr {a.lr} linear, {'bf16' if gpu else 'fp32'}, "
           f"gradient checkpointing {'on' if a.gradient_checkpointing else 'off'} (both)\n")
     names = {s: "Sprout" if s == "ours" else "TRL " + s.split(":")[1] for s in results}
     print(f"{'':34}" + "".join(f"{names[s]:>20}" for s in results) + f"{'Sprout/best TRL':>17}")
@@ -345,10 +415,10 @@ def main() -> int:
             continue
         ref = results[side]
         speed = ours["supervised_tokens_per_s"] / ref["supervised_tokens_per_s"]
-        mem = ours["peak_rss_mb"] / ref["peak_rss_mb"]
+        mem = ours[mem_key] / ref[mem_key]
         loss = abs(ours["heldout_loss"] / ref["heldout_loss"] - 1)
         print(f"target vs {label}: supervised tokens/s >= 1.5x: {speed:.2f}x {'PASS' if speed >= 1.5 else 'FAIL'}; "
-              f"peak RSS <= it: {mem:.2f}x {'PASS' if mem <= 1 else 'FAIL'}; "
+              f"{mem_label} <= it: {mem:.2f}x {'PASS' if mem <= 1 else 'FAIL'}; "
               f"held-out loss within 2%: {loss * 100:.2f}% {'PASS' if loss <= 0.02 else 'FAIL'}")
     if a.json:
         Path(a.json).write_text(json.dumps({"args": vars(a), "cpu": cpu_name(), "best": results, "runs": runs},

@@ -215,7 +215,7 @@ def pairs_file(tmp_path_factory):
 def tiny_dpo(data, out, student, **kw) -> TrainConfig:
     base = dict(data=str(data), out=str(out), model=student, method="dpo", max_length=64, lora_r=4, lora_alpha=8,
                 lora_dropout=0.0, batch_size=4, max_steps=5, eval_fraction=0.0, save_every=0, eval_every=0,
-                warmup_ratio=0.0, progress=False, lr=5e-3, schedule="constant", beta=0.1)
+                warmup_ratio=0.0, progress=False, lr=5e-3, schedule="constant", beta=0.1, dtype="float32")
     return TrainConfig(**{**base, **kw})
 
 
@@ -247,7 +247,7 @@ def test_dpo_learns_and_reference_stays(student, pairs_file, tmp_path):
     import copy
 
     fresh = copy.deepcopy(seen["pairs"])
-    compute_reference(CausalLMLoss(seen["model"]), fresh, 4, 2, "cpu", adapter_off=True)
+    compute_reference(CausalLMLoss(seen["model"]), fresh, 4, 2, seen["model"].device, adapter_off=True)
     for p, (c, r) in zip(fresh, seen["ref0"]):
         assert (p.ref_chosen, p.ref_rejected) == pytest.approx((c, r), rel=1e-5)
     # the DPO adapter can seed another run: --init-adapter, which is then the reference

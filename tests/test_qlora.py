@@ -22,7 +22,8 @@ def test_merge_onto_base_matches_the_trained_model(student, data_file, tmp_path)
     merged = merge_onto_base(student, tmp_path / "out" / "adapter", torch.float32).eval()
     ids = torch.tensor([[1, 9690, 198, 22503, 2, 198, 1, 520, 9531, 198]])
     with torch.no_grad():
-        torch.testing.assert_close(merged(input_ids=ids).logits, seen["model"].eval()(input_ids=ids).logits,
+        trained = seen["model"].eval()  # on the GPU where there is one
+        torch.testing.assert_close(merged(input_ids=ids).logits, trained(input_ids=ids.to(trained.device)).logits.cpu(),
                                    rtol=1e-4, atol=1e-4)
 
 
@@ -49,7 +50,7 @@ def test_qlora_trains_and_its_adapter_loads_on_the_bf16_base(student, data_file,
 
     out = tmp_path / "out"
     # lr 5e-3: an adapter that clearly moves the logits, so the bf16 merge can be told from the base
-    summary = train(tiny(data_file, out, model=student, max_steps=3, lr=5e-3, load_in_4bit=True,
+    summary = train(tiny(data_file, out, model=student, max_steps=3, lr=5e-3, load_in_4bit=True, dtype="auto",
                          gradient_checkpointing=True, merge=True), Hooks(on_model=on_model))
     assert summary["load_in_4bit"] is True and summary["device"] == "cuda"
     import bitsandbytes as bnb

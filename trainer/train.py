@@ -363,7 +363,8 @@ def _step(job: Job, step: int) -> dict:
     dt = time.perf_counter() - t0
     job.train_time, job.tokens_all, job.tokens_sup = job.train_time + dt, job.tokens_all + n_tok, job.tokens_sup + n_sup
     record = {"step": step + 1, "epoch": round((step + 1) / job.plan.steps_per_epoch, 4), "loss": loss,
-              "lr": lr, "grad_norm": norm, "tokens_per_s": n_tok / dt, "supervised_tokens_per_s": n_sup / dt,
+              "lr": lr, "grad_norm": norm, "step_seconds": dt, "tokens_per_s": n_tok / dt,
+              "supervised_tokens_per_s": n_sup / dt,
               "peak_memory_mb": round(peak_memory_mb(info.device), 1)}
     if job.is_dpo:  # its unit is a pair, not a supervised token
         del record["supervised_tokens_per_s"]
