@@ -127,19 +127,19 @@ async def _followup(p, messages: list[dict], move: str, persona: str | None):
     if p.followup_method == "magpie":
         system = MAGPIE_FOLLOWUP_SYSTEM.format(move=MOVES[move]) + (f" The user is {persona}." if persona else "")
         prompt, stops = p.magpie_prompt(system, messages)
-        extra = {"stop": stops, **p._judged()}  # judged by --min-request-logprob, like a magpie request
+        extra = {"stop": stops, **p.judged()}  # judged by --min-request-logprob, like a magpie request
     else:
-        prompt, extra = p._render("followup", {"conversation": messages, "move": MOVES[move], "persona": persona},
-                                  False), {}
+        prompt, extra = p.render("followup", {"conversation": messages, "move": MOVES[move], "persona": persona},
+                                 False), {}
     max_tokens = p.budget.fit(prompt, FOLLOWUP_MAX_TOKENS, 16)
     if max_tokens is None:
-        p._reject({"stage": "followup", "turn": len(messages) // 2 + 1}, "prompt_too_long")
+        p.reject({"stage": "followup", "turn": len(messages) // 2 + 1}, "prompt_too_long")
         return None
     kwargs = {"n": FOLLOWUP_SAMPLES, "max_tokens": max_tokens, "temperature": 1.0, "top_p": 0.99, **extra}
     if p.followup_method == "magpie":
-        p.requests += 1  # _request_raw leaves counting to the caller
-        return await p._request_raw("followup", prompt, **kwargs)
-    return await p._request("followup", prompt, **kwargs)
+        p.requests += 1  # request_raw leaves counting to the caller
+        return await p.request_raw("followup", prompt, **kwargs)
+    return await p.request("followup", prompt, **kwargs)
 
 
 async def extend(p, conversation: list[dict], turns: int, persona: str | None) -> tuple[list[dict], list[dict]]:
@@ -160,17 +160,17 @@ async def extend(p, conversation: list[dict], turns: int, persona: str | None) -
                 w.append("followup_unlikely")
         ok = [t for (t, _), w in zip(tried, why) if not w]
         if not ok:
-            p._reject({"stage": "followup", "turn": len(details) + 2, "move": move,
-                       "raw": [t for t, _ in tried]}, why[0][0])
+            p.reject({"stage": "followup", "turn": len(details) + 2, "move": move,
+                      "raw": [t for t, _ in tried]}, why[0][0])
             break
         followup = max(ok, key=lambda t: on_topic(t, messages))  # max keeps the first of equals
         # the respond stage's own prompt (its system turn), with the conversation before the new user turn
-        rendered = p._render("respond", {"instruction": followup, "input": ""}, False)
+        rendered = p.render("respond", {"instruction": followup, "input": ""}, False)
         system = [m for m in rendered if m["role"] == "system"]
         ask = system + messages + [{"role": "user", "content": followup}]
         max_tokens = p.budget.fit(ask, p.cfg.response_max_tokens, 48)
         if max_tokens is None:
-            p._reject({"stage": "respond", "turn": len(details) + 2}, "prompt_too_long")
+            p.reject({"stage": "respond", "turn": len(details) + 2}, "prompt_too_long")
             break
         sampling = {"n": p.cfg.responses, "temperature": p.cfg.response_temperature,
                     "top_p": p.cfg.response_top_p, "max_tokens": max_tokens}
@@ -180,8 +180,8 @@ async def extend(p, conversation: list[dict], turns: int, persona: str | None) -
             break
         cands, best, reason, model = answered
         if best is None:
-            p._reject({"stage": "respond", "turn": len(details) + 2, "followup": followup, "candidates": cands},
-                      "turn_" + (reason or "no_response"))
+            p.reject({"stage": "respond", "turn": len(details) + 2, "followup": followup, "candidates": cands},
+                     "turn_" + (reason or "no_response"))
             break
         messages += [{"role": "user", "content": followup}, {"role": "assistant", "content": cands[best]["text"]}]
         details.append({"move": move, "followup": followup, "followup_method": p.followup_method,

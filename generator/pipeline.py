@@ -11,8 +11,9 @@ Instructions come from one of three modes:
   itself (Magpie, Xu et al. 2024). A small chat model that copies list examples (Self-Instruct's
   bootstrap) still writes natural requests this way. Seeds then serve the novelty pool only.
 
-How each mode writes its instructions is in generator/modes.py; this module runs the loop,
-sends the requests, admits instructions (filters, novelty), answers them and keeps the books.
+How each mode writes its instructions is in generator/modes.py, and how a request is rendered,
+fitted, sent and parsed in generator/teacher_calls.py; this module runs the loop, admits
+instructions (filters, novelty), answers them and keeps the books.
 
 Then responses (`responses` > 0, the default): a list of tasks written by a small teacher in one
 breath is mostly noise, so every kept instruction (and input) is answered again in the teacher's
@@ -37,16 +38,16 @@ from collections import Counter
 
 from generator import conversation, modes
 from generator.budget import ContextBudget
-from generator.client import BadRequest, Completion, TeacherClient
+from generator.client import Completion, TeacherClient
 from generator.conversation import parse_turns
 from generator.filters import FilterConfig, InstructionFilter, copies_shown
 from generator.gen_config import MODE_DEFAULTS, GenerateConfig
 from generator.novelty import NoveltyPool
-from generator.parsing import PARSERS, Parsed, response_format
 from generator.record import Record, user_turn
 from generator.runs import RunDir, now_iso, stage_usage
 from generator.scoring import Scorer, constraint_count, content_words, new_candidate
 from generator.seeds import SeedTask
+from generator.teacher_calls import TeacherCalls
 from generator.templates import Template
 from generator.verifiers import augment, sample_constraints
 
@@ -61,12 +62,16 @@ from generator.verifiers import augment, sample_constraints
 # "Prepare five questions to ask ...").
 ECHO_WORDS = 2
 
-# Smallest completion worth asking for, per stage: below it a reply cannot hold one item.
-MIN_COMPLETION = {"alpaca": 128, "bootstrap": 48, "classify": 1, "instances_input_first": 48,
-                  "instances_output_first": 48, "respond": 48}
 
+class Pipeline(TeacherCalls):
+    """One generation session. What generator/modes.py and generator/conversation.py use on it,
+    besides its settings and counters (`cfg`, `params`, `rng`, `seeds`, `machine`, `kept`,
+    `in_progress`, `requests`, `awaiting`, `replies`, ...) and the teacher calls (`TeacherCalls`):
+    `next_steer`, `magpie_prompts`, `magpie_n` and `seed_words` (who asks, what magpie sends, the
+    seeds' vocabulary); `admit`, `drop`, `finish` (an instruction in, out without a record, or
+    answered and kept); `answer` (scored candidates for one prompt); `reject`, `reject_counts`
+    (rejected.jsonl rows); `tmpl_info` (a template's provenance)."""
 
-class Pipeline:
     def __init__(self, cfg: GenerateConfig, seeds: list[SeedTask], templates: dict[str, Template],
                  client: TeacherClient, run: RunDir, structured: bool, decontam=None, progress=None,
                  scorer: Scorer | None = None, budget: ContextBudget | None = None, server_is_vllm: bool = False):
@@ -99,7 +104,7 @@ class Pipeline:
             self.machine.append((iid, text))
         self.rejections: Counter = Counter(run.rejected_counts)
         # the task vocabulary of the seeds: a word of the prompt found here is not the prompt's own
-        self._seed_words = set().union(*(content_words(s.instruction) for s in seeds))
+        self.seed_words = set().union(*(content_words(s.instruction) for s in seeds))
         self.requests = 0
         self.in_progress = 0  # instructions past novelty, not yet kept or dropped
         self.awaiting = 0  # units whose first reply has not come back
@@ -113,12 +118,12 @@ class Pipeline:
         self._steers = steering(cfg)  # who asks: taken in turn, one per request (magpie and bootstrap)
         self._steer_next = 0
         if cfg.mode == "magpie":  # one pre-query per system turn, rendered once
-            self._magpie_prompts = {st["system_prompt"]: self.magpie_prompt(st["system_prompt"]) for st in self._steers}
+            self.magpie_prompts = {st["system_prompt"]: self.magpie_prompt(st["system_prompt"]) for st in self._steers}
             # Several steers share the target: fewer requests per sample batch, or the first reply
             # (8 samples under one persona) fills a small target alone. Seen: 7 of 8 records from
             # the first of 4 personas; with this cap each persona gets its share.
             share = -(-cfg.num_instructions // len(self._steers))
-            self._magpie_n = cfg.instructions_per_prompt if len(self._steers) == 1 else \
+            self.magpie_n = cfg.instructions_per_prompt if len(self._steers) == 1 else \
                 max(1, min(cfg.instructions_per_prompt, share))
         self.started = time.monotonic()
         self.tokens_at_start = (client.usage.prompt_tokens, client.usage.completion_tokens)
@@ -173,137 +178,18 @@ class Pipeline:
                         f"{self.cfg.num_instructions} instructions kept; top rejection reasons: {top}. "
                         f"See {self.run.rejected_path}; loosen the filters or use a stronger teacher.")
 
-    # -- one request ----------------------------------------------------------------------------
+    # -- who asks ---------------------------------------------------------------------------------
 
-    def _render(self, stage: str, variables: dict, structured: bool):
-        prompt = self.templates[stage].render(structured=structured, **variables)
-        return prompt.completion if self.cfg.api == "completion" else prompt.messages()
-
-    def _prompt_text(self, stage: str, variables: dict) -> str:
-        """The request as sent, as one text (chat messages joined), for the copy checks."""
-        rendered = self._render(stage, variables, self.structured)
-        return rendered if isinstance(rendered, str) else " ".join(m["content"] for m in rendered)
-
-    def _fit(self, stage: str, variables: dict, wanted: int, structured: bool,
-             examples: list | None = None) -> tuple[dict, int] | None:
-        """(variables, max_tokens) that fit the context window, dropping examples from the end
-        while the prompt is too long; None (counted as prompt_too_long) when nothing fits."""
-        while True:
-            tokens = self.budget.fit(self._render(stage, variables, structured), wanted, MIN_COMPLETION[stage])
-            if tokens is not None:
-                return variables, tokens
-            if not examples or len(variables["examples"]) <= 1:
-                self._reject({"stage": stage, **{k: v for k, v in variables.items() if k != "examples"}},
-                             "prompt_too_long")
-                return None
-            variables = {**variables, "examples": variables["examples"][:-1]}
-            if "start" in variables:
-                variables["start"] = len(variables["examples"]) + 1
-
-    async def _request(self, stage: str, prompt, first: bool = False, **kwargs) -> Completion | None:
-        """Send one request; a request the server refuses (400/413/422) is one `bad_request`."""
-        if not first:  # a unit's first request was counted when the unit was launched
-            self.requests += 1
-        try:
-            if self.cfg.api == "completion":
-                return await self.client.complete(prompt, stage=stage, **kwargs)
-            return await self.client.chat(prompt, stage=stage, **kwargs)
-        except BadRequest as e:
-            self._reject({"stage": stage, "status": e.status, "message": e.detail}, "bad_request")
-            return None
-
-    async def _request_raw(self, stage: str, prompt: str, **kwargs) -> Completion | None:
-        """A completion request whatever --api says (Magpie continues a raw chat-template prefix);
-        counted at the unit's launch."""
-        try:
-            return await self.client.complete(prompt, stage=stage, **kwargs)
-        except BadRequest as e:
-            self._reject({"stage": stage, "status": e.status, "message": e.detail}, "bad_request")
-            return None
-
-    async def _ask(self, stage: str, variables: dict, max_tokens: int, stop: list[str] | None = None,
-                   structured: bool | None = None, first: bool = False, examples: bool = False,
-                   **params) -> tuple[Completion, Parsed, Template, dict] | None:
-        tmpl = self.templates[stage]
-        structured = self.structured if structured is None else structured
-        fitted = self._fit(stage, variables, max_tokens, structured, variables.get("examples") if examples else None)
-        if fitted is None:
-            return None
-        variables, max_tokens = fitted
-        kwargs = {"max_tokens": max_tokens, **params}
-        if structured:
-            # chat takes OpenAI's response_format; vLLM's completion endpoint takes the same
-            # field, which the openai client only passes through extra_body
-            fmt = response_format(tmpl.parser)
-            if self.cfg.api == "completion":
-                kwargs["extra_body"] = {"response_format": fmt}
-            else:
-                kwargs["response_format"] = fmt
-        elif stop and self.cfg.api == "completion":
-            # The papers' stop sequences end a *continued* list; a chat reply is not a
-            # continuation and often opens with "Task:" or a blank line, so chat gets none.
-            kwargs["stop"] = stop
-        out = await self._request(stage, self._render(stage, variables, structured), first, **kwargs)
-        if out is None:
-            return None
-        start = variables.get("start") if self.cfg.api == "completion" else None
-        extra = {"task": variables["instruction"]} if tmpl.parser in ("instances", "labeled_instances") else {}
-        parsed = PARSERS[tmpl.parser](out.texts[0], out.finish_reasons[0], structured, start, **extra)
-        for i in range(parsed.failures):
-            self._reject({"stage": stage, "raw": out.texts[0][:2000] if i == 0 else "(same reply)"}, "parse_error")
-        for _ in range(parsed.cut):
-            self._reject({"stage": stage, "raw": out.texts[0][-300:]}, "cut_by_length_limit")
-        return out, parsed, tmpl, variables
-
-    async def _unit_request(self, stage: str, variables: dict, stop: list[str]):
-        """A unit's first request (counted at launch), with examples that may be dropped to fit;
-        it no longer awaits a reply once this returns, and a parsed reply counts for the yield."""
-        p = self.params
-        try:
-            asked = await self._ask(stage, variables, p["max_tokens"], stop=stop, first=True, examples=True,
-                                    temperature=p["temperature"], top_p=p["top_p"],
-                                    presence_penalty=p["presence_penalty"])
-        finally:
-            self.awaiting -= 1
-        if asked is not None:
-            self.replies += 1
-        return asked
-
-    # -- for the modes (generator/modes.py): who asks, magpie's pre-query ------------------------
-
-    def _next_steer(self) -> dict:
+    def next_steer(self) -> dict:
         """The next {system_prompt, persona} in turn: each gets its share of requests."""
         steer = self._steers[self._steer_next % len(self._steers)]
         self._steer_next += 1
         return steer
 
-    def magpie_prompt(self, system_prompt: str | None, history: list[dict] = ()) -> tuple[str, list[str]]:
-        """The chat template rendered (after `history`, for a follow-up) up to where the user's words
-        would start, and the stop strings that end a user turn. Needs the teacher's tokenizer (a
-        local model folder)."""
-        from generator.errors import UserError
-
-        tok = self.budget.tokenizer
-        if tok is None or not getattr(tok, "chat_template", None):
-            raise UserError("--mode magpie needs the teacher's chat template: serve a local HF folder with vLLM "
-                            "(sprout generate starts one by default) so Sprout can read its tokenizer")
-        marker = "\x00SPROUT-USER-TURN\x00"
-        msgs = [{"role": "system", "content": system_prompt}] if system_prompt else []
-        rendered = tok.apply_chat_template(msgs + list(history) + [{"role": "user", "content": marker}],
-                                           tokenize=False)
-        head, _, tail = rendered.partition(marker)
-        stops = [x for x in {tail.strip().split("\n")[0].strip(), tok.eos_token or ""} if x]
-        return head, stops
-
-    def _judged(self) -> dict:
-        """Request parameters that bring back the sampled tokens' log-probs, which
-        --min-request-logprob judges a written request by (none asked for when it is -inf)."""
-        return {"logprobs": 0} if self.cfg.min_request_logprob > float("-inf") else {}
-
     # -- responses: N candidates per instance, scored, the best kept ------------------------------
 
-    async def _finish(self, iid: str, instruction: str, instances: list[dict], is_cls: bool, similar: list,
-                      prov: dict, out: Completion) -> None:
+    async def finish(self, iid: str, instruction: str, instances: list[dict], is_cls: bool, similar: list,
+                     prov: dict, out: Completion) -> None:
         """Answer, score and keep (or drop) one admitted instruction; always ends its in-progress."""
         cfg = self.cfg
         if cfg.responses <= 0 or is_cls:
@@ -315,17 +201,17 @@ class Pipeline:
         good = []
         for inst, (cands, best, reason, resp) in zip(instances, answered):
             if best is None:
-                self._reject({"instruction": full, "input": inst["input"], "constraints": constraints,
-                              "candidates": cands}, reason or "no_response")
+                self.reject({"instruction": full, "input": inst["input"], "constraints": constraints,
+                             "candidates": cands}, reason or "no_response")
                 continue
             good.append({"input": inst["input"], "output": cands[best]["text"], "candidates": cands,
                          "selected": best, "scores": cands[best]["scores"], "response": resp})
         if not good:
-            return self._drop(iid, instruction, "no_valid_response")
-        prov = {**prov, "templates": {**prov["templates"], "respond": self._tmpl_info(self.templates["respond"])}}
+            return self.drop(iid, instruction, "no_valid_response")
+        prov = {**prov, "templates": {**prov["templates"], "respond": self.tmpl_info(self.templates["respond"])}}
         if self.turns[1] > 1:  # grow each kept answer into a conversation (generator/conversation.py)
             await asyncio.gather(*[self._converse(full, inst, prov.get("persona")) for inst in good])
-            prov["templates"]["followup"] = self._tmpl_info(self.templates["followup"])
+            prov["templates"]["followup"] = self.tmpl_info(self.templates["followup"])
         self._accept(iid, full, instruction, good, False, similar, prov, out, constraints)
 
     async def _converse(self, instruction: str, inst: dict, persona: str | None) -> None:
@@ -344,14 +230,14 @@ class Pipeline:
         """(candidates, index kept or None, rejection reason, response sampling settings)."""
         cfg = self.cfg
         variables = {"instruction": instruction, "input": inp}
-        fitted = self._fit("respond", variables, cfg.response_max_tokens, False)
-        if fitted is None:  # counted as prompt_too_long by _fit; the instance itself has no response
+        fitted = self.fit("respond", variables, cfg.response_max_tokens, False)
+        if fitted is None:  # counted as prompt_too_long by `fit`; the instance itself has no response
             return [], None, "no_response", {}
-        prompt = self._render("respond", variables, False)
+        prompt = self.render("respond", variables, False)
         sampling = {"n": cfg.responses, "temperature": cfg.response_temperature, "top_p": cfg.response_top_p,
                     "max_tokens": fitted[1]}
         answered = await self.answer(prompt, sampling, user_turn(instruction, inp), instruction, inp, constraints)
-        if answered is None:  # counted as bad_request by _request
+        if answered is None:  # counted as bad_request by `request`
             return [], None, "no_response", sampling
         cands, best, reason, model = answered
         return cands, best, reason, {**sampling, "model": model}
@@ -361,7 +247,7 @@ class Pipeline:
         """N sampled answers to `prompt`, checked and scored, counted in the response stats:
         (candidates, index kept or None, rejection reason, model), or None when the request was
         refused. The first turn (`_respond`) and every later turn of a conversation come here."""
-        out = await self._request("respond", prompt, **sampling)
+        out = await self.request("respond", prompt, **sampling)
         if out is None:
             return None
         cands = [new_candidate(t, f) for t, f in zip(out.texts, out.finish_reasons)]
@@ -375,8 +261,8 @@ class Pipeline:
 
     # -- shared ---------------------------------------------------------------------------------
 
-    def _admit(self, instruction: str, prompt_own: tuple[set[str], str] = (frozenset(), "")
-               ) -> tuple[str, list] | None:
+    def admit(self, instruction: str, prompt_own: tuple[set[str], str] = (frozenset(), "")
+              ) -> tuple[str, list] | None:
         """Instruction filters, the prompt-echo check, decontamination, then novelty: (new
         instruction id, the most similar pool items) if it passes -- it is then in the pool and in
         progress."""
@@ -387,12 +273,12 @@ class Pipeline:
         if reason is None and self.decontam is not None:
             reason = self.decontam.check(instruction)
         if reason:
-            self._reject({"instruction": instruction, **extra}, reason)
+            self.reject({"instruction": instruction, **extra}, reason)
             return None
         novel, similar = self.pool.check_and_add(instruction, k=5)
         similar = [{"instruction": t, "rouge_l": round(s, 4)} for t, s in similar]
         if not novel:
-            self._reject({"instruction": instruction, "most_similar": similar[:1]}, "not_novel")
+            self.reject({"instruction": instruction, "most_similar": similar[:1]}, "not_novel")
             return None
         iid = uuid.uuid4().hex[:12]
         self.machine.append((iid, instruction))
@@ -400,17 +286,17 @@ class Pipeline:
         self.in_progress += 1
         return iid, similar
 
-    def _drop(self, iid: str, instruction: str, reason: str, extra: dict | None = None) -> None:
+    def drop(self, iid: str, instruction: str, reason: str, extra: dict | None = None) -> None:
         """An admitted instruction that yields no record; it stays in the novelty pool (the row
         says so, for resuming)."""
         self.in_progress -= 1
         self.finished += 1
-        self._reject({"instruction_id": iid, "instruction": instruction, **(extra or {}), "in_pool": True}, reason)
+        self.reject({"instruction_id": iid, "instruction": instruction, **(extra or {}), "in_pool": True}, reason)
 
     def _accept(self, iid: str, instruction: str, base: str, instances: list[dict], is_cls: bool, similar: list,
                 prov: dict, out: Completion, constraints: list[dict]) -> None:
         if self.done:
-            return self._drop(iid, base, "over_target")
+            return self.drop(iid, base, "over_target")
         self.in_progress -= 1
         self.finished += 1
         common = {
@@ -436,19 +322,19 @@ class Pipeline:
         if self.progress:
             self.progress(self)
 
-    def _reject_counts(self, reasons: dict[str, int], instruction: str) -> None:
+    def reject_counts(self, reasons: dict[str, int], instruction: str) -> None:
         for reason, count in reasons.items():
             for _ in range(count):
-                self._reject({"instruction": instruction, "level": "instance"}, reason)
+                self.reject({"instruction": instruction, "level": "instance"}, reason)
 
-    def _reject(self, rec: dict, reason: str) -> None:
+    def reject(self, rec: dict, reason: str) -> None:
         self.rejections[reason] += 1
         self.run.write_rejected({**rec, "reason": reason, "created_at": now_iso()})
         if self.progress:
             self.progress(self)
 
     @staticmethod
-    def _tmpl_info(t: Template) -> dict:
+    def tmpl_info(t: Template) -> dict:
         return {"name": t.name, "sha256": t.sha256}
 
     def _usage_now(self) -> dict:
