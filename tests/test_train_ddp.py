@@ -31,6 +31,10 @@ def config(data: str, out: str, model: str, **kw):
     return TrainConfig(**{**base, **kw})
 
 
+# Weights are compared with atol 1e-4: Adam moves a weight whose gradient is near zero by about lr
+# (1e-3, 5e-3 for DPO) whatever that gradient's rounding, so the processes' different summation
+# order shows in one element of thousands (1.0e-6 to 1.6e-5 on an Intel Xeon, 2026-11-27). Missing
+# gradient sync moves nearly every weight by ~lr, and the per-step losses are compared as well.
 def lora_weights(model) -> dict:
     return {n: p.detach().clone() for n, p in model.named_parameters() if "lora_" in n}
 
@@ -79,7 +83,7 @@ def test_two_process_gloo_run_agrees_with_single_process(student, tmp_path):
                    Hooks(on_model=lambda m: seen.update(model=m)))
     ws = lora_weights(seen["model"])
     for n in w0:
-        torch.testing.assert_close(w0[n], ws[n], rtol=1e-4, atol=1e-6)
+        torch.testing.assert_close(w0[n], ws[n], rtol=1e-4, atol=1e-4)
     assert single["eval_loss"] == pytest.approx(summary["eval_loss"], rel=1e-5)
 
 
@@ -107,7 +111,7 @@ def test_two_process_dpo_agrees_with_single_process(student, tmp_path):
           Hooks(on_model=lambda m: seen.update(model=m)))
     ws = lora_weights(seen["model"])
     for n in w0:
-        torch.testing.assert_close(w0[n], ws[n], rtol=1e-4, atol=1e-6)
+        torch.testing.assert_close(w0[n], ws[n], rtol=1e-4, atol=1e-4)
 
     def steps(d):
         return [r for r in map(json.loads, (d / "metrics.jsonl").read_text().splitlines()) if "loss" in r]
