@@ -114,7 +114,7 @@ def cpu_seconds() -> float:
     return r.ru_utime + r.ru_stime
 
 
-def device_of(a):
+def device_of() -> str:
     """Sprout trains on the GPU when there is one (it has no device setting); TRL is told the same."""
     import torch
 
@@ -263,7 +263,7 @@ def run_trl(a, work: Path) -> dict:
     # Seed, load, wrap: the same sequence as Sprout's load_student, so both sides start from the
     # same LoRA initialisation and differ only in batch order and dropout masks.
     torch.manual_seed(0)
-    cuda = device_of(a) == "cuda"
+    cuda = device_of() == "cuda"
     model = AutoModelForCausalLM.from_pretrained(path, dtype=torch.bfloat16 if cuda else torch.float32)
     model = get_peft_model(model, lora_config(a))
     ds = datasets.load_dataset("json", data_files=str(work / "train_trl.jsonl"), split="train")
