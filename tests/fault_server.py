@@ -23,11 +23,13 @@ class FaultServer:
     the first key the sampled token, the rest its top alternatives. A request that asks for
     logprobs gets them (OpenAI's chat or completion shape); without scripted ones every word is a
     token of log-prob -0.5.
-    `max_model_len` is reported in /v1/models as vLLM does.
+    `max_model_len` is reported in /v1/models as vLLM does. `port` (0: any free one) lets a test
+    bring a "crashed" teacher back where its clients look for it.
     """
 
     def __init__(self, plan: list[str] | None = None, default: str = "ok", script=None,
-                 max_model_len: int | None = None, owned_by: str = "fake", root: str | None = None):
+                 max_model_len: int | None = None, owned_by: str = "fake", root: str | None = None,
+                 port: int = 0):
         self.plan = list(plan or [])
         self.default = default
         self.script = script
@@ -107,6 +109,15 @@ class FaultServer:
 
         class Server(ThreadingHTTPServer):
             request_queue_size = 256  # the default backlog of 5 refuses bursts of connections
+            open_sockets: set = set()
+
+            def process_request(self, request, client_address):
+                self.open_sockets.add(request)  # kept so that crash() can cut them, as a dead server's are
+                super().process_request(request, client_address)
+
+            def shutdown_request(self, request):
+                self.open_sockets.discard(request)
+                super().shutdown_request(request)
 
             def handle_error(self, request, client_address):
                 # A client that gave up (a cancelled request, a stopped run) is what the fault
@@ -116,7 +127,7 @@ class FaultServer:
                 if not isinstance(sys.exc_info()[1], (BrokenPipeError, ConnectionError, TimeoutError)):
                     super().handle_error(request, client_address)
 
-        self.httpd = Server(("127.0.0.1", 0), Handler)
+        self.httpd = Server(("127.0.0.1", port), Handler)  # a port again: a teacher back after a crash
         self.httpd.daemon_threads = True
         self.thread = threading.Thread(target=self.httpd.serve_forever, daemon=True)
 
@@ -131,6 +142,18 @@ class FaultServer:
     def __exit__(self, *exc) -> None:
         self.httpd.shutdown()
         self.httpd.server_close()
+
+    def crash(self) -> None:
+        """Die as a killed server does: the port closed and every open connection cut, requests
+        in progress unanswered (HTTP/1.1 keep-alive connections would otherwise go on being served)."""
+        import socket
+
+        self.__exit__(None, None, None)
+        for sock in list(self.httpd.open_sockets):
+            try:
+                sock.shutdown(socket.SHUT_RDWR)
+            except OSError:
+                pass
 
 
 def _logprobs(per_token: list[dict[str, float]], chat: bool) -> dict:

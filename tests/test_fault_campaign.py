@@ -34,17 +34,26 @@ def _generate_cmd(url: str, out: Path, template_dir: str, target: int) -> list[s
             "--structured", "text", "--responses", "3", "--constraints", "0.5", "--concurrency", "6"]
 
 
-def _check_run(out: Path, target: int) -> None:
+def _check_records(out: Path) -> list[dict]:
+    """What a run wrote, however it ended: every line whole and valid, no duplicate, every group
+    complete, no instruction twice, stats equal to the files."""
     raw = (out / "data.jsonl").read_text()
     assert raw.endswith("\n")
-    records = [json.loads(line) for line in raw.splitlines()]  # every line valid JSON
+    records = [json.loads(line) for line in raw.splitlines()]
     ids = [r["id"] for r in records]
     assert len(ids) == len(set(ids)), "duplicate record"
     groups = Counter(r["instruction_id"] for r in records)
     assert all(groups[r["instruction_id"]] == r["num_instances"] for r in records), "incomplete group"
     firsts = [r["base_instruction"] for r in records if r["instance_index"] == 0]
-    assert len(firsts) == target and len(set(firsts)) == target, "target not reached exactly, or a repeat"
+    assert len(firsts) == len(set(firsts)), "an instruction twice"
     _check_bookkeeping(out)
+    return records
+
+
+def _check_run(out: Path, target: int) -> None:
+    records = _check_records(out)
+    firsts = [r["base_instruction"] for r in records if r["instance_index"] == 0]
+    assert len(firsts) == target, "target not reached exactly"
 
 
 def _lines(path: Path) -> int:
@@ -128,6 +137,68 @@ def test_teacher_outages_are_ridden_out(tmp_path, templates, capfd, monkeypatch)
         with pytest.raises(TeacherError, match="no teacher answered"):
             generate(cfg)
     _check_run(tmp_path / "run", 60)  # what was there is intact
+
+
+def test_two_teachers_crash_and_come_back_mid_run(tmp_path, templates):  # noqa: F811
+    """Two scripted teachers behind one `sprout generate`, each taken down (its port closed, as a
+    crashed server's is) and brought back on the same port mid-run: A dies -> B carries the run;
+    A comes back, B dies -> A carries it; A dies too -> no teacher at all, the run waits without
+    ending or writing; A comes back -> the run finishes. Then the invariants. The real-vLLM
+    version of this test is opt-in (two vLLM-CPU servers starve each other on 2 cores)."""
+    script = Script()
+
+    def paced(kind, req):  # slow enough that each phase sees requests, fast enough to finish
+        time.sleep(0.03)
+        return script(kind, req)
+
+    out, target = tmp_path / "run", 150
+    data = out / "data.jsonl"
+    teachers = [FaultServer(script=paced).__enter__(), FaultServer(script=paced).__enter__()]
+    ports = [int(t.url.rsplit(":", 1)[1].split("/")[0]) for t in teachers]
+    served = lambda k: len(teachers[k].bodies)  # noqa: E731
+
+    def crash(k: int) -> None:
+        teachers[k].crash()
+
+    def back(k: int) -> None:
+        teachers[k] = FaultServer(script=paced, port=ports[k]).__enter__()
+
+    urls = ",".join(t.url for t in teachers)
+    proc = subprocess.Popen(_generate_cmd(urls, out, templates, target), env=ENV, cwd=tmp_path,
+                            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+    def carries(k: int) -> None:
+        """Teacher k alone serves the run: it answers a dozen requests and records follow."""
+        deadline = time.monotonic() + 120
+        while served(k) < 12:
+            assert proc.poll() is None and time.monotonic() < deadline, f"teacher {k} got no requests"
+            time.sleep(0.05)
+        _wait_lines(data, _lines(data) + 3, proc, 120)
+
+    try:
+        _wait_lines(data, 5, proc, 120)
+        crash(0)  # B alone
+        teachers[1].bodies.clear()
+        carries(1)
+        back(0)
+        crash(1)  # the new A alone
+        carries(0)
+        crash(0)  # nobody: the run waits (the circuit breaker allows 300 s)
+        time.sleep(1)  # a group whose last reply came before the crash is still written
+        mark = _lines(data)
+        time.sleep(5)
+        assert proc.poll() is None and _lines(data) == mark
+        back(0)
+        _, err = proc.communicate(timeout=600)
+        assert proc.returncode == 0, err[-3000:]
+        assert "Traceback" not in err and "teacher unreachable or failing" in err
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+        for t in teachers:
+            t.__exit__(None, None, None)
+    _check_run(out, target)
+    assert json.loads((out / "stats.json").read_text())["retries"] > 0
 
 
 def test_training_killed_at_random_steps_resumes_exactly(student, tmp_path):
@@ -214,25 +285,26 @@ def _gone(pgids: list[int], limit: float = 120) -> None:
 
 
 @pytest.mark.vllm
-@pytest.mark.timeout(1500)  # a hang guard: two vLLM starts and a 6-record run on 2 cores
-@pytest.mark.skipif(os.environ.get("SPROUT_VLLM_CRASH_TEST") != "1", reason=(
-    "opt-in (SPROUT_VLLM_CRASH_TEST=1): passed alone (target 24, 931 s), but in CI's slow tier (2026-11-27) "
-    "the 135M teacher's magpie run did not finish its 6th instruction in 15 minutes (39 requests cut by the "
-    "length limit, 20 without a valid answer): it measures the teacher's yield, not the crash handling"))
+@pytest.mark.timeout(1800)  # a hang guard: two vLLM starts and a few records each side of the crash on 2 cores
 def test_real_vllm_teacher_crash_and_restart_mid_run(embedded_model, tmp_path):
     """The only teacher, a real vLLM server, is SIGKILLed mid-run (a crash: no clean shutdown,
     connections cut). The run waits -- no record is lost or torn, and it does not end -- until the
-    server is back on its port, then finishes: target reached exactly, no duplicate, complete
-    groups, stats equal to the files, no server process left."""
+    server is back on its port, then writes new records; then it is stopped with SIGTERM (as a
+    closed terminal would) and what it wrote is checked: whole valid lines, no duplicate, complete
+    groups, stats equal to the files, retries counted, no server process left.
+
+    Bounded by records, not by a target: how long the 135M teacher takes to reach a target is its
+    yield, not the crash handling (in CI, 2026-11-27, its 6th magpie instruction took over 15
+    minutes). Reaching a target exactly across kills is the scripted campaign's test above."""
     from generator.server import ServeConfig, VLLMServer, free_port
 
     port, pgids = free_port(), []
     server = VLLMServer(ServeConfig(port=port), log_path=tmp_path / "vllm-0.log").start()
     pgids.append(server.group.pgid)
-    out, target = tmp_path / "run", 6
+    out = tmp_path / "run"
     data = out / "data.jsonl"
     cmd = [sys.executable, "-m", "trainer.cli", "generate", "--mode", "magpie", "--teacher-url",
-           f"http://127.0.0.1:{port}/v1", "--out", str(out), "--num-instructions", str(target), "--responses", "2",
+           f"http://127.0.0.1:{port}/v1", "--out", str(out), "--num-instructions", "200", "--responses", "2",
            "--response-max-tokens", "96", "--concurrency", "8"]
     proc = subprocess.Popen(cmd, env=ENV, cwd=tmp_path, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
     try:
@@ -245,16 +317,20 @@ def test_real_vllm_teacher_crash_and_restart_mid_run(embedded_model, tmp_path):
         assert proc.poll() is None and _lines(data) == mark
         server = VLLMServer(ServeConfig(port=port), log_path=tmp_path / "vllm-1.log").start()
         pgids.append(server.group.pgid)
-        _, err = proc.communicate(timeout=900)
-        assert proc.returncode == 0, err[-3000:]
+        _wait_lines(data, mark + 2, proc, 600)  # the run goes on with the restarted server
+        proc.send_signal(signal.SIGTERM)
+        _, err = proc.communicate(timeout=120)
+        assert proc.returncode == 128 + signal.SIGTERM, err[-3000:]
         assert "Traceback" not in err and "teacher unreachable or failing" in err
+        assert "interrupted (SIGTERM)" in err
     finally:
         if proc.poll() is None:
             proc.kill()
             proc.wait()
         server.stop()
     _gone(pgids)
-    _check_run(out, target)
+    records = _check_records(out)
+    assert len(records) >= mark + 2
     stats = json.loads((out / "stats.json").read_text())
     assert stats["retries"] > 0
 
