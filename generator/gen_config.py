@@ -111,6 +111,9 @@ class GenerateConfig:
     # --- languages other than English ----------------------------------------------------------
     ascii_start: bool = setting(True, "keep only instructions that start with an ASCII character (the papers' "
                                 "rule; --no-ascii-start for other scripts)", group=_FILTERS)
+    drop_statements: bool = setting(True, "drop an instruction that states instead of asks (\"Anna is twice as old as "
+                                    "Ben.\"): English word lists, self-instruct and alpaca modes (--no-drop-statements "
+                                    "for other languages)", group=_FILTERS)
     tokenizer: str = same_as(ScoreConfig, "tokenizer", group=_FILTERS)
     instance_presence_penalty: float | None = setting(None, "self-instruct: presence penalty of the instance "
                                                       "request", shown="1.5, the paper's", group=_SAMPLING)

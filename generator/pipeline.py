@@ -84,8 +84,9 @@ class Pipeline(TeacherCalls):
         self.budget = budget or ContextBudget()
         self.rng = random.Random(cfg.seed + len(run.records) + len(run.pool_extra))
         self.params = {**MODE_DEFAULTS[cfg.mode], **{k: v for k, v in cfg.sampling().items() if v is not None}}
-        self.instr_filter = InstructionFilter(FilterConfig(cfg.min_words, cfg.max_words, list(cfg.blocklist),
-                                                           ascii_start=cfg.ascii_start))
+        self.instr_filter = InstructionFilter(FilterConfig(
+            cfg.min_words, cfg.max_words, list(cfg.blocklist), ascii_start=cfg.ascii_start,
+            drop_statements=cfg.drop_statements and cfg.mode != "magpie"))
         self.pool = NoveltyPool(threshold=cfg.novelty_threshold, use_stemmer=cfg.stem, tokenizer=cfg.tokenizer)
         for s in seeds:
             self.pool.add(s.instruction)

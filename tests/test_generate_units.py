@@ -4,11 +4,12 @@ from __future__ import annotations
 
 import json
 from dataclasses import dataclass
+from pathlib import Path
 
 import pytest
 
 from generator.errors import UserError
-from generator.filters import FilterConfig, InstructionFilter, clean_instances
+from generator.filters import FilterConfig, InstructionFilter, clean_instances, is_statement
 from generator.parsing import (parse_alpaca_tasks, parse_instances, parse_labeled_instances,
                                parse_numbered_instructions, parse_yes_no)
 from generator.runs import RunDir
@@ -108,6 +109,42 @@ def test_labeled_instances_output_first():
 ])
 def test_instruction_filter(text, reason):
     assert InstructionFilter(FilterConfig())(text) == reason
+
+
+@pytest.mark.parametrize("text,statement", [
+    ("Anna is twice as old as Ben.", True),  # each of these was kept from the 135M teacher's self-instruct run
+    ("The early bird catches the worm", True),
+    ("A child's favorite dessert is not chocolate.", True),
+    ("5 years old, 2018-07-31.", True),
+    ("Some benefits of working from home are 100 percent safe.", True),
+    ("Anna is twice as old as Ben. How old is Anna if Ben is 7?", False),
+    ("The following sentence has an error. Fix it.", False),
+    ("Given a list of numbers, find the largest.", False),
+    ("In the passage below, underline every verb.", False),
+    ("Prepare five questions for a job candidate.", False),  # an asking word not in the list: not a statement
+    ("Walk me through solving 3x + 5 = 11.", False),
+    ("My car makes a noise when I brake.", True),  # a statement -- which is why Magpie keeps them
+])
+def test_statements_are_told_from_tasks(text, statement):
+    assert is_statement(text) is statement
+    reason = InstructionFilter(FilterConfig())(text)
+    assert (reason == "statement_not_task") is statement
+    assert InstructionFilter(FilterConfig(drop_statements=False))(text) is None
+
+
+def test_other_scripts_are_not_judged_as_statements():
+    assert not is_statement("请写一首关于大海的短诗。") and not is_statement("Écris un poème sur la mer.")
+
+
+def test_no_human_written_task_in_seeds_is_a_statement():
+    """772 tasks people wrote (the seed and evaluation files): none may be dropped as a statement."""
+    from generator.seeds import load_seeds
+
+    folder = Path(__file__).resolve().parents[1] / "seeds"
+    tasks = [s.instruction for f in ("seed_tasks", "paper_sized_seeds", "eval_set", "verifiable_eval", "test_seeds")
+             for s in load_seeds(folder / f"{f}.jsonl")]
+    assert len(tasks) == 784
+    assert [t for t in tasks if is_statement(t)] == []
 
 
 def test_instance_filters():

@@ -495,6 +495,53 @@ def test_magpie_mode_writes_requests_from_the_template_alone(tmp_path, templates
     _check_bookkeeping(tmp_path / "run")
 
 
+class StatingScript(Script):
+    """Every other instruction it writes is a statement, not a task."""
+
+    def __init__(self):
+        super().__init__()
+        self.turn = itertools.count()
+
+    def _instruction(self) -> str:
+        task = super()._instruction()  # "Describe w1 w2 w3 w4 w5 itemN briefly."
+        return f"The {' '.join(task.split()[1:7])} is older than it looks." if next(self.turn) % 2 else task
+
+
+def test_statements_are_dropped_in_alpaca_mode_and_kept_as_magpie_requests(tmp_path, templates):
+    """A small teacher writes statements ("Anna is twice as old as Ben.") among its tasks: the
+    instruction modes drop them (counted as statement_not_task), --no-drop-statements keeps them,
+    and Magpie keeps them, since its users ask by stating ("My car makes a noise when I brake.")."""
+    def kept(run: Path) -> list[str]:
+        return [r["instruction"] for r in _rows(run / "data.jsonl")]
+
+    with FaultServer(script=StatingScript()) as srv:
+        stats = generate(_cfg(tmp_path, srv.url, templates, mode="alpaca", responses=0, num_instructions=8))
+    assert stats["rejections"]["statement_not_task"] >= 4
+    assert kept(tmp_path / "run") and not any(" is older than" in t for t in kept(tmp_path / "run"))
+    _check_bookkeeping(tmp_path / "run")
+
+    with FaultServer(script=StatingScript()) as srv:
+        stats = generate(_cfg(tmp_path, srv.url, templates, mode="alpaca", responses=0, num_instructions=8,
+                              out=str(tmp_path / "kept"), drop_statements=False))
+    assert "statement_not_task" not in stats["rejections"]
+    assert any(" is older than" in t for t in kept(tmp_path / "kept"))
+
+    from generator.models import embedded_model_dir
+
+    script = StatingScript()
+
+    def magpie(kind, req):
+        if kind == "completion":
+            return [script._instruction() for _ in range(int(req.get("n") or 1))]
+        return "a short plain answer"
+
+    with FaultServer(script=magpie, root=str(embedded_model_dir())) as srv:
+        stats = generate(_cfg(tmp_path, srv.url, templates, mode="magpie", num_instructions=6,
+                              out=str(tmp_path / "magpie")))
+    assert "statement_not_task" not in stats["rejections"]
+    assert any(" is older than" in t for t in kept(tmp_path / "magpie"))
+
+
 def test_magpie_drops_requests_the_teacher_itself_finds_unlikely(tmp_path, templates):
     """Magpie requests come with their token log-probs; one whose mean per token is below
     --min-request-logprob (-3 by default: word salad from a small teacher) is rejected as
