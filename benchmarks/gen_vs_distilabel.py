@@ -57,8 +57,8 @@ counts (Sprout's per-stage tally; distilabel's per-row `statistics`), which shou
 server's unless someone else used the teacher meanwhile (the script says so when they differ by > 3%).
 Target (issue 15): fewer teacher tokens per kept instruction than distilabel, and a teacher >= 90% busy.
 
-"Kept" means what passes the same filters; they check length, blocklisted words and novelty, not that
-a line is an instruction at all. distilabel's task splits its reply into lines and calls every line an
+"Kept" means what passes the same filters; they check length, blocklisted words, one-sentence statements
+("Anna is twice as old as Ben.") and novelty, not that a line is an instruction at all. distilabel's task splits its reply into lines and calls every line an
 instruction, so with a small teacher its kept set holds echoes of its own prompt, lone sentences, list
 items of an answer and lines of code. Read both kept sets (--show N, or every one in --json) before
 reading the tokens-per-kept row as like for like.

@@ -42,6 +42,7 @@ from generator.client import Completion, TeacherClient
 from generator.conversation import parse_turns
 from generator.filters import FilterConfig, InstructionFilter, copies_shown
 from generator.gen_config import MODE_DEFAULTS, GenerateConfig
+from generator.interrupts import bookkeeping
 from generator.novelty import NoveltyPool
 from generator.record import Record, user_turn
 from generator.runs import RunDir, now_iso, stage_usage
@@ -316,10 +317,11 @@ class Pipeline(TeacherCalls):
                     **{k: inst[k] for k in ("scores", "selected", "candidates", "response", "num_turns", "messages",
                                             "turns") if k in inst}}
                    for i, inst in enumerate(instances)]
-        self.run.write_group(records)
-        self.turn_counts.update(r.get("num_turns", 1) for r in records)
-        self.flush_usage()
-        self.kept += 1
+        with bookkeeping():  # the group, its count and its usage line: all or (on a crash) none counted
+            self.run.write_group(records)
+            self.turn_counts.update(r.get("num_turns", 1) for r in records)
+            self.flush_usage()
+            self.kept += 1
         if self.progress:
             self.progress(self)
 
@@ -329,8 +331,9 @@ class Pipeline(TeacherCalls):
                 self.reject({"instruction": instruction, "level": "instance"}, reason)
 
     def reject(self, rec: dict, reason: str) -> None:
-        self.rejections[reason] += 1
-        self.run.write_rejected({**rec, "reason": reason, "created_at": now_iso()})
+        with bookkeeping():
+            self.rejections[reason] += 1
+            self.run.write_rejected({**rec, "reason": reason, "created_at": now_iso()})
         if self.progress:
             self.progress(self)
 
@@ -350,8 +353,9 @@ class Pipeline(TeacherCalls):
         delta = {k: now[k] - self._usage_mark[k] for k in now if k != "by_stage"}
         delta["by_stage"] = stage_usage(now["by_stage"], self._usage_mark["by_stage"])
         delta["elapsed_s"] = round(delta["elapsed_s"], 2)
-        self._usage_mark = now
-        self.run.write_usage(delta)
+        with bookkeeping():
+            self._usage_mark = now
+            self.run.write_usage(delta)
 
     def stats(self) -> dict:
         elapsed = time.monotonic() - self.started

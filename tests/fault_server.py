@@ -66,6 +66,10 @@ class FaultServer:
             def do_POST(self):
                 length = int(self.headers.get("Content-Length", 0))
                 req = json.loads(self.rfile.read(length) or b"{}")
+                if server.dead:  # crash(): the port is closing; nothing more is answered
+                    self.close_connection = True
+                    self.connection.shutdown(2)
+                    return
                 with server.lock:
                     server.seen.append((self.path, self.headers.get("Authorization", "")))
                     action = server.plan.pop(0) if server.plan else server.default
@@ -109,7 +113,6 @@ class FaultServer:
 
         class Server(ThreadingHTTPServer):
             request_queue_size = 256  # the default backlog of 5 refuses bursts of connections
-            open_sockets: set = set()
 
             def process_request(self, request, client_address):
                 self.open_sockets.add(request)  # kept so that crash() can cut them, as a dead server's are
@@ -128,6 +131,8 @@ class FaultServer:
                     super().handle_error(request, client_address)
 
         self.httpd = Server(("127.0.0.1", port), Handler)  # a port again: a teacher back after a crash
+        self.httpd.open_sockets = set()  # accepted connections, which crash() cuts
+        self.dead = False
         self.httpd.daemon_threads = True
         self.thread = threading.Thread(target=self.httpd.serve_forever, daemon=True)
 
@@ -148,12 +153,14 @@ class FaultServer:
         in progress unanswered (HTTP/1.1 keep-alive connections would otherwise go on being served)."""
         import socket
 
-        self.__exit__(None, None, None)
+        self.dead = True  # first: serve_forever's shutdown() takes up to its 0.5 s poll
+        self.httpd.server_close()
         for sock in list(self.httpd.open_sockets):
             try:
                 sock.shutdown(socket.SHUT_RDWR)
             except OSError:
                 pass
+        self.httpd.shutdown()
 
 
 def _logprobs(per_token: list[dict[str, float]], chat: bool) -> dict:

@@ -133,6 +133,32 @@ def test_generate_handles_sigterm_and_sighup_like_ctrl_c(tmp_path):
         RunLock(out).release()  # free again: the lock went with the process
 
 
+def test_sigterm_during_bookkeeping_is_raised_once_the_group_is_counted(tmp_path):
+    """A SIGTERM that lands between a group's write and its count would leave stats.json one
+    short of data.jsonl: sprout's handler defers it to the end of the bookkeeping block."""
+    from generator.interrupts import bookkeeping
+    from trainer.cli import Terminated, handle_termination
+
+    previous = handle_termination()
+    done = []
+    try:
+        with pytest.raises(Terminated):
+            with bookkeeping():
+                done.append("written")
+                os.kill(os.getpid(), signal.SIGTERM)  # Python runs the handler before the next line
+                time.sleep(0.05)
+                done.append("counted")
+        assert done == ["written", "counted"]
+        with pytest.raises(Terminated):  # outside a block it is raised where it lands
+            os.kill(os.getpid(), signal.SIGTERM)
+            time.sleep(1)
+            done.append("after")  # never reached
+        assert done == ["written", "counted"]
+    finally:
+        for sig, handler in previous.items():
+            signal.signal(sig, handler)
+
+
 class _StaticServer(VLLMServer):
     """VLLMServer's start/stop path with a stdlib HTTP server standing in for vLLM."""
 

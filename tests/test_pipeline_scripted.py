@@ -504,7 +504,7 @@ class StatingScript(Script):
 
     def _instruction(self) -> str:
         task = super()._instruction()  # "Describe w1 w2 w3 w4 w5 itemN briefly."
-        return f"The {' '.join(task.split()[1:7])} is older than it looks." if next(self.turn) % 2 else task
+        return f"The {task.split()[1]} {task.split()[6]} is older than it looks." if next(self.turn) % 2 else task
 
 
 def test_statements_are_dropped_in_alpaca_mode_and_kept_as_magpie_requests(tmp_path, templates):

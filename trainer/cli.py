@@ -154,7 +154,9 @@ class Terminated(KeyboardInterrupt):
 
 
 def _raise_terminated(signum, frame):
-    raise Terminated(signum)
+    from generator.interrupts import interrupt
+
+    interrupt(Terminated(signum))  # now, or once the record group being written is counted
 
 
 def handle_termination() -> dict:
