@@ -317,7 +317,7 @@ class Pipeline(TeacherCalls):
                     **{k: inst[k] for k in ("scores", "selected", "candidates", "response", "num_turns", "messages",
                                             "turns") if k in inst}}
                    for i, inst in enumerate(instances)]
-        with bookkeeping():  # the group, its count and its usage line: all or (on a crash) none counted
+        with bookkeeping():  # a SIGTERM meanwhile is raised after the group, its count and its usage line
             self.run.write_group(records)
             self.turn_counts.update(r.get("num_turns", 1) for r in records)
             self.flush_usage()

@@ -12,6 +12,7 @@ import sys
 import textwrap
 
 from generator.errors import UserError
+from generator.interrupts import interrupt
 
 EXAMPLES = {
     "serve": "sprout serve --port 8000 --lora student=runs/train/adapter -- --tensor-parallel-size 2",
@@ -154,8 +155,6 @@ class Terminated(KeyboardInterrupt):
 
 
 def _raise_terminated(signum, frame):
-    from generator.interrupts import interrupt
-
     interrupt(Terminated(signum))  # now, or once the record group being written is counted
 
 
