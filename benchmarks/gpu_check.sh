@@ -32,16 +32,18 @@ python3 benchmarks/gpu_models.py unpack .devcarry/student2 "$SPROUT_HOME/models/
 echo "== 1. training tests on the GPU"
 start=$(date +%s)
 timeout "${TEST_SECONDS:-200}" python3 -m pytest -q -p no:cacheprovider -m "slow or not slow" -rfE --timeout 90 \
-  tests/test_qlora.py tests/test_train.py tests/test_dpo.py 2>&1 | tee "$OUT/pytest.log" | tail -40
+  ${TESTS:-tests/test_qlora.py tests/test_train.py tests/test_dpo.py tests/test_packing.py} 2>&1 | tee "$OUT/pytest.log" | tail -40
 echo "tests: exit ${PIPESTATUS[0]} in $(( $(date +%s) - start )) s"
 
 echo "== 2. bf16 LoRA SFT: ours vs TRL, SmolLM2-1.7B shape"
 start=$(date +%s)
 python3 benchmarks/gpu_models.py random "$SPROUT_HOME/models/SmolLM2-135M-Instruct" /tmp/m17 smollm2-1.7b 2>&1 | tail -1
 timeout "${BENCH_SECONDS:-300}" python3 benchmarks/train_vs_trl.py --model /tmp/m17 --steps "${STEPS:-60}" \
-  --batch-size 16 --json "$OUT/train_gpu.json" 2>&1 | grep -v -i warn | tee "$OUT/train_gpu.txt" | tail -30
+  --batch-size 16 --ours-configs "${OURS_CONFIGS:-default,packing,padded}" \
+  --trl-configs "${TRL_CONFIGS:-packing,group_by_length,padding_free,default}" --json "$OUT/train_gpu.json" 2>&1 | grep -v -i warn | tee "$OUT/train_gpu.txt" | tail -30
 echo "benchmark: exit ${PIPESTATUS[0]} in $(( $(date +%s) - start )) s"
 
 echo "== 3. profile of a training step of ours"
+[ "${PROFILE_SECONDS:-90}" = 0 ] && exit 0
 timeout "${PROFILE_SECONDS:-90}" python3 benchmarks/gpu_profile.py /tmp/m17 2>&1 | grep -v -i warn \
   | tee "$OUT/profile.txt" | tail -45

@@ -14,7 +14,10 @@ TRL runs in each configuration of --trl-configs, each in its own process:
   packing          best-fit-decreasing packing into rows of max_length (padding-free): the same rows
                    in fewer, fuller batches -- one epoch over the rows instead of --steps steps, so
                    its held-out loss comes after fewer optimizer steps.
-Sprout is compared against the best of them (highest supervised tokens/s) and against the default.
+Sprout runs in each configuration of --ours-configs (OURS_CONFIGS): its defaults (padding-free on a
+CUDA GPU, padded batches on CPU), padded or padding-free forced, --packing (one epoch, like TRL's),
+or a --max-pass-tokens cap. Each is compared against the best TRL configuration (highest
+supervised tokens/s) and against TRL's default.
 
 Reported per side: tokens/s over the training loop counting all (non-padding) tokens and counting
 supervised tokens, the same per CPU-second of the process, peak RSS (right after training, before
@@ -24,6 +27,7 @@ training losses depend on which examples each side's batch order put in the last
 
     python benchmarks/train_vs_trl.py                      # ~6 min on an idle 2-core machine
     python benchmarks/train_vs_trl.py --repeat 2 --json bench.json
+    python benchmarks/train_vs_trl.py --ours-configs default,packing --trl-configs packing,group_by_length
 
 On a CUDA GPU (used when present) both sides train in bf16 (weights in bf16, the LoRA
 matrices in fp32 as peft keeps them; TRL with `bf16=True` on the bf16-loaded model), memory is the
@@ -184,6 +188,17 @@ def lora_config(a):
 
 
 # --- the two sides (each runs in its own process) ------------------------------------------------
+OURS_CONFIGS = {  # Sprout's settings (--ours-configs); packing, like TRL's, is one epoch over the rows
+    "default": {},  # padding-free on a CUDA GPU with torch's varlen attention, padded batches elsewhere
+    "padded": {"padding_free": False},
+    "padding_free": {"padding_free": True},
+    "packing": {"packing": True, "max_steps": None, "epochs": 1},
+    # the same steps with each micro-batch cut into forward passes of at most N tokens: less memory
+    "pass4096": {"max_pass_tokens": 4096},
+    "pass2048": {"max_pass_tokens": 2048},
+}
+
+
 def run_ours(a, work: Path) -> dict:
     from trainer.config import TrainConfig
     from trainer.train import Hooks, train
@@ -194,14 +209,14 @@ def run_ours(a, work: Path) -> dict:
         stamps.append(time.perf_counter())
         counts.append((record["tokens_per_s"] * record["step_seconds"],
                        record["supervised_tokens_per_s"] * record["step_seconds"]))
-        if step == a.steps:
-            cpu["end"] = cpu_seconds()
+        cpu["end"] = cpu_seconds()
 
     cfg = TrainConfig(data=str(work / "train.jsonl"), out=str(work / "ours"), model=a.model, max_steps=a.steps,
                       batch_size=a.batch_size, max_length=a.max_length, lr=a.lr, schedule="linear", warmup_ratio=0.0,
                       lora_r=a.lora_r, lora_alpha=2 * a.lora_r, lora_dropout=0.05, eval_fraction=0.0, eval_every=0,
                       save_every=0, progress=False, seed=0, gradient_checkpointing=a.gradient_checkpointing,
                       overwrite=True)
+    cfg = TrainConfig(**{**vars(cfg), **OURS_CONFIGS[a.config]})
     s = train(cfg, Hooks(on_model=lambda m: (seen.update(model=m, init=lora_checksum(m)),
                                              cpu.update(start=cpu_seconds())), on_step=on_step))
     rss, gpu = peak_rss_mb(), gpu_figures(seen["model"], s["tokens_per_s"])
@@ -211,7 +226,7 @@ def run_ours(a, work: Path) -> dict:
     from transformers import AutoTokenizer
 
     tok = AutoTokenizer.from_pretrained(work / "ours" / "adapter")
-    return {"lora_init_checksum": seen["init"], "train_seconds": s["train_seconds"],
+    return {"batches": s["batches"], "lora_init_checksum": seen["init"], "train_seconds": s["train_seconds"],
             "cpu_seconds": cpu["end"] - cpu["start"],
             "tokens": round(s["tokens_per_s"] * s["train_seconds"]),
             "supervised_tokens": round(s["supervised_tokens_per_s"] * s["train_seconds"]),
@@ -324,12 +339,16 @@ def main() -> int:
     p.add_argument("--json", help="also write the figures here")
     p.add_argument("--trl-configs", default=",".join(TRL_CONFIGS),
                    help=f"TRL configurations to run, comma-separated from {', '.join(TRL_CONFIGS)}")
-    p.add_argument("--trl-config", default="default", help=argparse.SUPPRESS)  # child process
+    p.add_argument("--ours-configs", default="default",
+                   help=f"Sprout configurations to run, comma-separated from {', '.join(OURS_CONFIGS)}")
+    p.add_argument("--config", default="default", help=argparse.SUPPRESS)  # child process
     p.add_argument("--side", choices=["ours", "trl"], help=argparse.SUPPRESS)  # child process
     p.add_argument("--work", help=argparse.SUPPRESS)
     a = p.parse_args()
 
     if a.side:  # child: run one side, print its JSON on the last line
+        if a.side == "trl":
+            a.trl_config = a.config
         result = (run_ours if a.side == "ours" else run_trl)(a, Path(a.work))
         print("RESULT " + json.dumps(result), flush=True)
         return 0
@@ -338,18 +357,18 @@ def main() -> int:
     write_data(work, a.steps * a.batch_size, a.eval_rows)  # one epoch: every row seen once
     if "ours" not in a.order.split(","):
         p.error("--order must name ours: every figure is a ratio to it")
-    configs = a.trl_configs.split(",")
-    unknown = [c for c in configs if c not in TRL_CONFIGS]
-    if unknown:
-        p.error(f"--trl-configs: unknown {', '.join(unknown)}; choose from {', '.join(TRL_CONFIGS)}")
-    # a side is "ours" or "trl:<config>"; the sides alternate order from one repeat to the next
-    sides = [s for side in a.order.split(",") for s in (["ours"] if side == "ours" else [f"trl:{c}" for c in configs])]
+    configs = {"ours": a.ours_configs.split(","), "trl": a.trl_configs.split(",")}
+    for kind, known in (("ours", OURS_CONFIGS), ("trl", TRL_CONFIGS)):
+        unknown = [c for c in configs[kind] if c not in known]
+        if unknown:
+            p.error(f"--{kind}-configs: unknown {', '.join(unknown)}; choose from {', '.join(known)}")
+    # a side is "ours:<config>" or "trl:<config>"; the sides alternate order from one repeat to the next
+    sides = [f"{side}:{c}" for side in a.order.split(",") for c in configs[side]]
     runs = {side: [] for side in sides}
     for round_ in range(a.repeat):
         for side in sides if round_ % 2 == 0 else sides[::-1]:  # alternate who goes first
             kind, _, config = side.partition(":")
-            cmd = [sys.executable, __file__, "--side", kind, "--work", str(work), "--trl-config", config or "default"] \
-                + sys.argv[1:]
+            cmd = [sys.executable, __file__, "--side", kind, "--work", str(work), "--config", config] + sys.argv[1:]
             t0, loads = time.time(), []
             with tempfile.TemporaryFile("w+") as out, tempfile.TemporaryFile("w+") as err:
                 proc = subprocess.Popen(cmd, stdout=out, stderr=err, text=True, cwd=ROOT)
@@ -365,6 +384,8 @@ def main() -> int:
             r = {**json.loads(line[7:]), "process_seconds": round(time.time() - t0, 1),
                  "mean_load_average": round(sum(loads) / len(loads), 2)}
             runs[side].append(r)
+            if a.json:  # as it goes: a run cut short by a time limit keeps the sides it finished
+                Path(a.json + ".partial").write_text(json.dumps(runs, indent=2))
             print(f"{side}: {r['supervised_tokens_per_s']:.1f} supervised tokens/s, {r['process_seconds']} s, "
                   f"load {r['mean_load_average']}", file=sys.stderr, flush=True)
     # Best of the repeats, as timeit does: other work on the machine only ever slows a run down.
@@ -374,8 +395,9 @@ def main() -> int:
         r["last5_train_loss"] = sum(r["losses"][-5:]) / len(r["losses"][-5:])
         r["supervised_tokens_per_cpu_s"] = r["supervised_tokens"] / r["cpu_seconds"]
         r["steps"] = len(r["losses"])
-    trl_sides = [s for s in results if s != "ours"]
-    best = max(trl_sides, key=lambda s: results[s]["supervised_tokens_per_s"])
+    fastest = lambda kind: max((s for s in results if s.startswith(kind)),  # noqa: E731
+                               key=lambda s: results[s]["supervised_tokens_per_s"])
+    best, ours_best = fastest("trl:"), fastest("ours:")
     rows = [("tokens/s (all)", "tokens_per_s", "{:.0f}"),
             ("tokens/s (supervised)", "supervised_tokens_per_s", "{:.0f}"),
             ("supervised tokens per CPU-second", "supervised_tokens_per_cpu_s", "{:.1f}"),
@@ -383,7 +405,7 @@ def main() -> int:
             ("optimizer steps", "steps", "{:.0f}"),
             ("train loss, mean of last 5 steps", "last5_train_loss", "{:.4f}"),
             ("held-out loss after training", "heldout_loss", "{:.4f}")]
-    gpu = "peak_gpu_mb" in results["ours"]
+    gpu = "peak_gpu_mb" in results[ours_best]
     mem_key, mem_label = ("peak_gpu_mb", "peak GPU memory") if gpu else ("peak_rss_mb", "peak RSS")
     if gpu:
         for r in results.values():
@@ -392,7 +414,7 @@ def main() -> int:
                      (f"steady tokens/s (supervised)", "steady_supervised_tokens_per_s", "{:.0f}"),
                      ("peak GPU memory MB", "peak_gpu_mb", "{:.0f}"),
                      ("MFU (tokens/s x 4N / 989 TFLOP/s)", "mfu", "{:.3f}"), ("steady MFU", "steady_mfu", "{:.3f}")]
-        print(f"\nGPU: {results['ours']['gpu']}; matmul weights N = {results['ours']['matmul_params'] / 1e9:.3f}B")
+        print(f"\nGPU: {results[ours_best]['gpu']}; matmul weights N = {results[ours_best]['matmul_params'] / 1e9:.3f}B")
     print(f"\nmachine: {os.cpu_count()} cores, {cpu_name()}; torch threads default; model "
           f"{a.model or 'SmolLM2-135M-Instruct (embedded)'}; mean 1-min load average while each side ran: "
           + ", ".join(f"{s} {r['mean_load_average']}" for s, r in results.items()) + " (2.0 = both cores busy)")
@@ -403,23 +425,24 @@ def main() -> int:
     print(f"job: {a.steps} steps x batch {a.batch_size}, max_length {a.max_length}, LoRA r={a.lora_r} "
           f"alpha={2 * a.lora_r} on q,k,v,o,gate,up,down, lr {a.lr} linear, {'bf16' if gpu else 'fp32'}, "
           f"gradient checkpointing {'on' if a.gradient_checkpointing else 'off'} (both)\n")
-    names = {s: "Sprout" if s == "ours" else "TRL " + s.split(":")[1] for s in results}
-    print(f"{'':34}" + "".join(f"{names[s]:>20}" for s in results) + f"{'Sprout/best TRL':>17}")
-    ours = results["ours"]
+    names = {s: ("Sprout " if s.startswith("ours:") else "TRL ") + s.split(":")[1] for s in results}
+    print(f"{'':34}" + "".join(f"{names[s]:>20}" for s in results) + f"{'best Sprout/TRL':>17}")
     for label, key, fmt in rows:
         print(f"{label:34}" + "".join(f"{fmt.format(r[key]):>20}" for r in results.values())
-              + f"{ours[key] / results[best][key]:>16.3f}x")
-    print(f"\nbest TRL configuration by supervised tokens/s: {best.split(':')[1]}")
-    for label, side in (("best TRL", best), ("TRL default", "trl:default")):
-        if side not in results:
-            continue
-        ref = results[side]
-        speed = ours["supervised_tokens_per_s"] / ref["supervised_tokens_per_s"]
-        mem = ours[mem_key] / ref[mem_key]
-        loss = abs(ours["heldout_loss"] / ref["heldout_loss"] - 1)
-        print(f"target vs {label}: supervised tokens/s >= 1.5x: {speed:.2f}x {'PASS' if speed >= 1.5 else 'FAIL'}; "
-              f"{mem_label} <= it: {mem:.2f}x {'PASS' if mem <= 1 else 'FAIL'}; "
-              f"held-out loss within 2%: {loss * 100:.2f}% {'PASS' if loss <= 0.02 else 'FAIL'}")
+              + f"{results[ours_best][key] / results[best][key]:>16.3f}x")
+    print(f"\nfastest by supervised tokens/s: TRL {best.split(':')[1]}, Sprout {ours_best.split(':')[1]}")
+    for mine in (s for s in results if s.startswith("ours:")):
+        ours = results[mine]
+        for label, side in (("best TRL", best), ("TRL default", "trl:default")):
+            if side not in results:
+                continue
+            ref = results[side]
+            speed = ours["supervised_tokens_per_s"] / ref["supervised_tokens_per_s"]
+            mem = ours[mem_key] / ref[mem_key]
+            loss = abs(ours["heldout_loss"] / ref["heldout_loss"] - 1)
+            print(f"{names[mine]} vs {label}: supervised tokens/s >= 1.5x: {speed:.2f}x "
+                  f"{'PASS' if speed >= 1.5 else 'FAIL'}; {mem_label} <= it: {mem:.2f}x {'PASS' if mem <= 1 else 'FAIL'}; "
+                  f"held-out loss within 2%: {loss * 100:.2f}% {'PASS' if loss <= 0.02 else 'FAIL'}")
     if a.json:
         Path(a.json).write_text(json.dumps({"args": vars(a), "cpu": cpu_name(), "best": results, "runs": runs},
                                            indent=2))

@@ -225,10 +225,11 @@ def test_gradient_checkpointing_gives_the_same_gradients(student, data_file):
         torch.testing.assert_close(grads[0][n], grads[1][n], rtol=1e-4, atol=1e-7)
 
 
-def test_resume_continues_exactly(student, data_file, tmp_path):
+@pytest.mark.parametrize("batches", [{}, {"packing": True}], ids=["grouped", "packed"])
+def test_resume_continues_exactly(student, data_file, tmp_path, batches):
     """Interrupted after step 3 (checkpoint at 2) and resumed == uninterrupted, with dropout on."""
     cfg = dict(model=student, max_steps=4, save_every=2, lora_dropout=0.1, batch_size=2, grad_accum=2,
-               warmup_ratio=0.25, max_length=48)
+               warmup_ratio=0.25, max_length=48, **batches)
     seen = {}
     train(tiny(data_file, tmp_path / "a", **cfg), Hooks(on_model=lambda m: seen.update(a=m)))
 
@@ -274,6 +275,7 @@ def test_resume_refuses_another_run_but_not_another_cadence(student, data_file, 
     with pytest.raises(Interrupt):
         train(tiny(data_file, out, **cfg), Hooks(on_step=crash))
     for change, named in (({"lr": 5e-3}, "lr: 0.001 then, 0.005 now"), ({"batch_size": 2}, "batch_size"),
+                          ({"packing": True}, "packing: False then, True now"),
                           ({"system_prompt": "Be brief."}, "system_prompt")):
         with pytest.raises(UserError, match=named):
             train(tiny(data_file, out, resume=True, **{**cfg, **change}))

@@ -47,18 +47,25 @@ class StepPlan:
     """
 
     def __init__(self, lengths: list[int], batch_size: int, grad_accum: int, world: int, seed: int,
-                 group: bool = True):
+                 group: bool = True, pack_tokens: int = 0):
         self.lengths, self.batch_size, self.grad_accum = lengths, batch_size, grad_accum
         self.world, self.seed, self.group = world, seed, group
         self.per_step = world * grad_accum
-        n_batches = math.ceil(len(lengths) / batch_size)
+        # --packing: micro-batches of up to pack_tokens tokens, packed once, their order shuffled per epoch
+        self.packed = packed_batches(lengths, pack_tokens, seed) if pack_tokens else None
+        n_batches = len(self.packed) if self.packed else math.ceil(len(lengths) / batch_size)
         self.steps_per_epoch = max(1, math.ceil(n_batches / self.per_step))
         self._epoch, self._epoch_batches = None, []
 
     def _batches(self, epoch: int) -> list[list[int]]:
         if epoch != self._epoch:
             self._epoch = epoch
-            self._epoch_batches = length_grouped_batches(self.lengths, self.batch_size, self.seed, epoch, self.group)
+            if self.packed:
+                self._epoch_batches = list(self.packed)
+                random.Random(f"{self.seed}:{epoch}").shuffle(self._epoch_batches)
+            else:
+                self._epoch_batches = length_grouped_batches(self.lengths, self.batch_size, self.seed, epoch,
+                                                             self.group)
         return self._epoch_batches
 
     def step(self, step: int) -> list[list[list[int]]]:
@@ -73,6 +80,33 @@ class StepPlan:
 
     def epoch_of(self, step: int) -> int:
         return step // self.steps_per_epoch
+
+
+def packed_batches(lengths: list[int], budget: int, seed: int) -> list[list[int]]:
+    """--packing: micro-batches filled in a seeded random order up to `budget` tokens each (batch
+    size x max length, what TRL's packed rows hold), so every step trains on about as many tokens,
+    with examples of all lengths mixed as in random batches. Packed once, as TRL packs its dataset
+    once; StepPlan shuffles their order per epoch."""
+    rng = random.Random(f"pack:{seed}")
+    order = list(range(len(lengths)))
+    rng.shuffle(order)
+    return split_flat(order, lengths, budget)
+
+
+def split_flat(batch: list[int], lengths: list[int], budget: int) -> list[list[int]]:
+    """Cut a padding-free micro-batch (trainer/packing.py) into passes of at most `budget` tokens,
+    the sum of their lengths, in order; each pass at least one example. As with split_by_tokens the
+    gradients are the same whatever the cut."""
+    if not budget:
+        return [batch]
+    passes, cur, size = [], [], 0
+    for i in batch:
+        if cur and size + lengths[i] > budget:
+            passes.append(cur)
+            cur, size = [], 0
+        cur.append(i)
+        size += lengths[i]
+    return passes + [cur]
 
 
 def split_by_tokens(batch: list[int], lengths: list[int], budget: int) -> list[list[int]]:

@@ -77,6 +77,14 @@ class TrainConfig:
     max_pass_tokens: int | None = setting(None, "split micro-batches into forward passes of at most N padded "
                                           "tokens: less activation memory, same gradients; 0 = never split",
                                           metavar="N", shown="1024 on CPU, 0 on GPU", group=OPTIMISATION)
+    # None: on where a fused kernel runs it (trainer/packing.py), a pure speed setting: same gradients
+    padding_free: bool | None = setting(None, "SFT: lay each micro-batch's examples end to end in one row, each "
+                                        "attending only to itself (flash varlen attention on CUDA): no padding, "
+                                        "same gradients", shown="on for CUDA GPUs with torch's varlen attention",
+                                        group=OPTIMISATION)
+    packing: bool = setting(False, "SFT: fill each micro-batch with up to --batch-size x --max-length tokens of "
+                            "examples (as TRL's packing fills its rows) instead of --batch-size examples; "
+                            "implies --padding-free", group=OPTIMISATION)
     gradient_checkpointing: bool = setting(False, "recompute activations in backward: less memory, ~30% slower",
                                            group=OPTIMISATION)
     dtype: str = setting("auto", "auto: bf16 on GPUs that support it, else fp32", choices=DTYPES, group=OPTIMISATION)
@@ -151,6 +159,8 @@ def check(cfg: TrainConfig) -> TrainConfig:
 
         if not (Path(cfg.init_adapter).expanduser() / "adapter_config.json").is_file():
             raise UserError(f"--init-adapter {cfg.init_adapter}: not a PEFT adapter folder (no adapter_config.json)")
+    if cfg.method == "dpo" and (cfg.packing or cfg.padding_free):
+        raise UserError("--packing / --padding-free are for SFT; DPO batches its pairs padded (drop the flag)")
     from trainer import trackers
 
     trackers.require(cfg.report_to)  # unknown names and missing packages, before the model loads

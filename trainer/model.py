@@ -130,8 +130,9 @@ class CausalLMLoss(nn.Module):
         self.fast = decoder is not None and isinstance(head, nn.Linear) and plain_head
         self._parts = (decoder, head)  # a tuple: not registered twice as submodules
 
-    def forward(self, input_ids, attention_mask, labels):
-        logits, targets = self._supervised_logits(input_ids, attention_mask, labels)
+    def forward(self, input_ids, attention_mask, labels, **packed):
+        """`packed`: position ids and cumulative lengths of a padding-free batch (trainer/packing.py)."""
+        logits, targets = self._supervised_logits(input_ids, attention_mask, labels, **packed)
         loss = nn.functional.cross_entropy(logits.float(), targets, reduction="sum")
         return loss, targets.numel()
 
@@ -142,7 +143,7 @@ class CausalLMLoss(nn.Module):
         through it: FSDP's forward hooks would run nested."""
         return self._supervised_logits(input_ids, attention_mask, labels)
 
-    def _supervised_logits(self, input_ids, attention_mask, labels):
+    def _supervised_logits(self, input_ids, attention_mask, labels, **packed):
         targets = labels[:, 1:]
         keep = targets != IGNORE
         amp = (torch.autocast(input_ids.device.type, dtype=self.autocast_dtype) if self.autocast_dtype
@@ -150,9 +151,10 @@ class CausalLMLoss(nn.Module):
         with amp:
             if self.fast:
                 decoder, head = self._parts
-                hidden = decoder(input_ids=input_ids, attention_mask=attention_mask, use_cache=False)
+                hidden = decoder(input_ids=input_ids, attention_mask=attention_mask, use_cache=False, **packed)
                 logits = head(hidden.last_hidden_state[:, :-1][keep])
             else:
-                logits = self.model(input_ids=input_ids, attention_mask=attention_mask, use_cache=False).logits
+                logits = self.model(input_ids=input_ids, attention_mask=attention_mask, use_cache=False,
+                                    **packed).logits
                 logits = logits[:, :-1][keep]
         return logits, targets[keep]

@@ -42,6 +42,7 @@ def write_outputs(job) -> dict:
             "dtype": str(job.dtype).replace("torch.", ""),
             "model": resolve_model(cfg.model), "adapter": str(out / "adapter"),
             "method": cfg.method, "load_in_4bit": cfg.load_in_4bit,
+            "batches": "packed" if cfg.packing else "padding-free" if job.flat else "padded",
         }
         if job.is_dpo:
             last = [r for r in history if "reward_accuracy" in r]

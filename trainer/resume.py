@@ -24,7 +24,7 @@ OUTPUTS = ("adapter", "merged", "checkpoints", "tensorboard", "wandb", "mlruns",
 RUN_SETTINGS = ("eval_fraction", "system_prompt", "max_length", "overlong", "method", "beta", "dpo_loss",
                 "lora_r", "lora_alpha", "lora_dropout", "target_modules", "epochs", "max_steps", "batch_size",
                 "grad_accum", "lr", "weight_decay", "warmup_ratio", "schedule", "max_grad_norm", "dtype", "seed",
-                "load_in_4bit", "group_by_length")
+                "load_in_4bit", "group_by_length", "packing")  # not padding_free: same gradients either way
 
 
 def run_fingerprint(cfg: TrainConfig, model_path: str, train_ex: list, eval_ex: list) -> dict:

@@ -106,12 +106,14 @@ def no_sync(step_fn: nn.Module):
         root.set_requires_gradient_sync(True)
 
 
-def missing_passes(per_rank: list, lengths: list[int], budget: int, rank: int) -> int:
+def missing_passes(per_rank: list, lengths: list[int], budget: int, rank: int, split=None) -> int:
     """How many forward passes fewer than the busiest process this rank makes in one step (each
-    process's micro-batches, cut by `split_by_tokens` as train.py cuts them)."""
+    process's micro-batches, cut by `split` as train.py cuts them: batching.split_by_tokens, or
+    split_flat for padding-free batches)."""
     from trainer.batching import split_by_tokens
 
-    counts = [sum(len(split_by_tokens(mb, lengths, budget)) for mb in micro) for micro in per_rank]
+    split = split or split_by_tokens
+    counts = [sum(len(split(mb, lengths, budget)) for mb in micro) for micro in per_rank]
     return max(counts) - counts[rank]
 
 
