@@ -429,7 +429,9 @@ def test_score_filters_any_dataset_and_rescoring_a_run_reselects(tmp_path, templ
 
     # a run's records keep their candidates: rescoring picks again without a teacher
     with FaultServer(script=Script()) as srv:
-        generate(_cfg(tmp_path, srv.url, templates, num_instructions=3, constraints=1.0, max_constraints=1))
+        # the budget raised as in test_alpaca_with_responses_keeps_a_checked_answer (same cause)
+        generate(_cfg(tmp_path, srv.url, templates, num_instructions=3, constraints=1.0, max_constraints=1,
+                      max_requests=3000))
     stats = score(ScoreRunConfig(data=str(tmp_path / "run"), out=str(tmp_path / "rescored.jsonl")))
     assert stats["kept"] == 3
     before = {r["id"]: r for r in _rows(tmp_path / "run" / "data.jsonl")}

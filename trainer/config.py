@@ -80,7 +80,8 @@ class TrainConfig:
     # None: on where a fused kernel runs it (trainer/packing.py), a pure speed setting: same gradients
     padding_free: bool | None = setting(None, "SFT: lay each micro-batch's examples end to end in one row, each "
                                         "attending only to itself (flash varlen attention on CUDA): no padding, "
-                                        "same gradients", shown="on for CUDA GPUs with torch's varlen attention",
+                                        "same gradients", shown="on for bf16 / fp16 runs on CUDA GPUs with flash attention (Ampere "
+                                        "or newer), for models with plain causal attention",
                                         group=OPTIMISATION)
     packing: bool = setting(False, "SFT: fill each micro-batch with up to --batch-size x --max-length tokens of "
                             "examples (as TRL's packing fills its rows) instead of --batch-size examples; "
@@ -159,6 +160,8 @@ def check(cfg: TrainConfig) -> TrainConfig:
 
         if not (Path(cfg.init_adapter).expanduser() / "adapter_config.json").is_file():
             raise UserError(f"--init-adapter {cfg.init_adapter}: not a PEFT adapter folder (no adapter_config.json)")
+    if cfg.packing and cfg.padding_free is False:
+        raise UserError("--packing lays the examples end to end, which is padding-free: drop --no-padding-free")
     if cfg.method == "dpo" and (cfg.packing or cfg.padding_free):
         raise UserError("--packing / --padding-free are for SFT; DPO batches its pairs padded (drop the flag)")
     from trainer import trackers

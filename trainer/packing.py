@@ -38,9 +38,27 @@ def varlen_kernel():
     return varlen_attn
 
 
-def available(device: torch.device) -> bool:
-    """Whether padding-free batches run on a fused kernel here (what --padding-free's auto picks)."""
-    return device.type == "cuda" and varlen_kernel() is not None
+def available(device: torch.device, dtype: torch.dtype) -> bool:
+    """Whether padding-free batches run on the fused kernel here (what --padding-free's auto picks):
+    a CUDA GPU with flash attention (Ampere or newer) and a half-precision run."""
+    return (device.type == "cuda" and varlen_kernel() is not None and dtype in (torch.bfloat16, torch.float16)
+            and torch.cuda.get_device_capability(device) >= (8, 0))
+
+
+# Attention this module does not reproduce: it would silently differ from the padded batch.
+SINK_MODELS = ("gpt_oss",)
+
+
+def unsupported(config, max_length: int) -> str | None:
+    """Why this model's attention cannot run padding-free with the padded batch's results, or None."""
+    window = getattr(config, "sliding_window", None)
+    if window and max_length > window:  # a window no shorter than every example changes nothing
+        return f"its sliding-window attention ({window} tokens) is shorter than --max-length {max_length}"
+    if getattr(config, "attn_logit_softcapping", None):
+        return "its attention scores are soft-capped"
+    if getattr(config, "model_type", None) in SINK_MODELS:
+        return "its attention has sink tokens"
+    return None
 
 
 def register() -> None:
@@ -52,11 +70,22 @@ def register() -> None:
     AttentionMaskInterface.register(ATTN, sdpa_mask)
 
 
-def use(model) -> None:
-    """Switch a loaded (peft or plain) model to ATTN."""
-    register()
+def enable(model, max_length: int) -> str | None:
+    """Switch a loaded (peft or plain) model to ATTN; returns why it cannot be, or None once it is.
+    transformers only warns when a model's code cannot switch (remote code, a model outside its
+    attention interface): then the row would run as one sequence, so the switch is checked."""
     base = model.get_base_model() if hasattr(model, "get_base_model") else model
-    base.set_attn_implementation(ATTN)
+    why = unsupported(base.config, max_length)
+    if why:
+        return why
+    register()
+    try:
+        base.set_attn_implementation(ATTN)
+    except (ValueError, ImportError) as e:
+        return f"transformers cannot switch its attention ({e})"
+    if base.config._attn_implementation != ATTN:
+        return "transformers cannot switch its attention implementation"
+    return None
 
 
 def attention(module, query, key, value, attention_mask, scaling=None, dropout=0.0, **kwargs):
@@ -69,8 +98,14 @@ def attention(module, query, key, value, attention_mask, scaling=None, dropout=0
         return sdpa_attention_forward(module, query, key, value, attention_mask, scaling=scaling, dropout=dropout,
                                       **kwargs)
     kernel = varlen_kernel()
-    if query.is_cuda and kernel is not None and dropout == 0.0 and query.dtype in (torch.bfloat16, torch.float16):
-        return _flash_varlen(kernel, query, key, value, cu, kwargs["max_length_q"], scaling), None
+    half = query.dtype
+    if half == torch.float32 and query.is_cuda and torch.is_autocast_enabled("cuda"):
+        # fp32 activations inside a bf16 run (QLoRA: bitsandbytes' 4-bit layers return fp32): the
+        # kernel computes in the autocast dtype, as transformers' flash path casts
+        half = torch.get_autocast_dtype("cuda")
+    if query.is_cuda and kernel is not None and dropout == 0.0 and half in (torch.bfloat16, torch.float16):
+        q, k, v = (t.to(half) for t in (query, key, value))
+        return _flash_varlen(kernel, q, k, v, cu, kwargs["max_length_q"], scaling), None
     # exact fallback: one causal SDPA call per example (CPU, fp32, or attention dropout)
     bounds = cu.tolist()
     out = [torch.nn.functional.scaled_dot_product_attention(

@@ -240,10 +240,13 @@ def _setup_student(job: Job) -> None:
         load_in_4bit=cfg.load_in_4bit)
     torch.manual_seed(cfg.seed + info.rank)  # dropout masks differ per rank, as they would on one big batch
     job.formatter = Formatter(job.tok, cfg.system_prompt, stop_ids)
-    free = cfg.padding_free if cfg.padding_free is not None else packing.available(info.device)
+    free = cfg.padding_free if cfg.padding_free is not None else packing.available(info.device, job.dtype)
     job.flat = not job.is_dpo and (cfg.packing or free)
-    if job.flat:
-        packing.use(job.model)
+    why = packing.enable(job.model, cfg.max_length) if job.flat else None
+    if why and (cfg.packing or cfg.padding_free):
+        raise UserError(f"--{'packing' if cfg.packing else 'padding-free'}: {resolve_model(cfg.model)}: {why}; "
+                        "train without the flag (padded batches)")
+    job.flat = job.flat and not why  # auto: padded batches for such a model
 
 
 def _setup_encoding(job: Job) -> None:
