@@ -117,7 +117,7 @@ def test_training_padding_free_matches_padded_training(student, data_file, tmp_p
         torch.testing.assert_close(states[True][k], states[False][k], rtol=1e-4, atol=1e-5)
 
 
-def test_packing_trains_fewer_fuller_steps(student, data_file, tmp_path):
+def test_packing_fills_each_micro_batch_by_tokens(student, data_file, tmp_path):
     out = tmp_path / "packed"
     summary = train(tiny(data_file, out, model=student, packing=True, max_steps=None, epochs=1, batch_size=2))
     lines = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]

@@ -20,6 +20,7 @@ transformers' own SDPA path with their padding mask, so one model serves both.
 
 from __future__ import annotations
 
+import functools
 import inspect
 
 import torch
@@ -29,6 +30,7 @@ from trainer.format import IGNORE, Encoded
 ATTN = "sprout_varlen"
 
 
+@functools.cache  # looked up in every layer's attention: once is enough
 def varlen_kernel():
     """torch's flash varlen attention, or None where this torch has none (it is CUDA-only)."""
     try:
@@ -118,7 +120,7 @@ def _flash_varlen(kernel, query, key, value, cu, max_len: int, scaling):
     """torch's varlen_attn across its versions: 2.10 takes is_causal and no scale; later ones a
     causal window (-1, 0), a scale, and (2.12+) grouped kv heads."""
     q, k, v = (t[0].transpose(0, 1) for t in (query, key, value))  # (T, heads, dim)
-    params = inspect.signature(kernel).parameters
+    params = _parameters(kernel)
     kw = {}
     if q.shape[1] != k.shape[1]:
         if "enable_gqa" in params:
@@ -136,6 +138,11 @@ def _flash_varlen(kernel, query, key, value, cu, max_len: int, scaling):
     else:
         kw["window_size"] = (-1, 0)
     return kernel(q, k, v, cu, cu, max_len, max_len, **kw).unsqueeze(0)
+
+
+@functools.cache  # read once per kernel, not in every layer's call
+def _parameters(kernel) -> frozenset:
+    return frozenset(inspect.signature(kernel).parameters)
 
 
 # --- batches --------------------------------------------------------------------------------------

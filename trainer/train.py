@@ -223,9 +223,8 @@ def _setup_student(job: Job) -> None:
     import torch
 
     from generator.models import resolve_model
-    from trainer import sharding
+    from trainer import packing, sharding
     from trainer.format import Formatter
-    from trainer import packing
     from trainer.model import load_student, pick_dtype
 
     cfg, info = job.cfg, job.info
